@@ -1,0 +1,3 @@
+from otaudit_collector.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,239 @@
+"""The running collector: receivers, writer, API, catalog reloads and a graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import psycopg
+from aiohttp import web
+
+from otaudit_collector.api.health import create_api_app
+from otaudit_collector.config import Settings
+from otaudit_collector.core.catalog import CatalogError, CatalogSet, bundled_catalog_dirs, catalog_fingerprint, load_catalogs
+from otaudit_collector.core.normalize import Policy
+from otaudit_collector.pipeline import Ingestor
+from otaudit_collector.receivers.otlp_grpc import create_grpc_server
+from otaudit_collector.receivers.otlp_http import create_http_app
+from otaudit_collector.storage.writer import Writer
+
+__all__ = ["Collector", "Endpoints", "catalog_dirs", "policy_from", "ensure_partitions"]
+
+log = logging.getLogger("otaudit")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    grpc: tuple[str, int]
+    http: tuple[str, int]
+    api: tuple[str, int]
+
+
+def catalog_dirs(settings: Settings) -> list[Path]:
+    dirs: list[Path] = []
+    if settings.get("catalogs", "bundled"):
+        dirs.extend(bundled_catalog_dirs(settings.get("catalogs", "packs")))
+    for folder in settings.get("catalogs", "dirs"):
+        path = Path(folder).expanduser()
+        dirs.append(path if path.is_absolute() else settings.base_dir / path)
+    if not dirs:
+        raise CatalogError([])
+    return dirs
+
+
+def policy_from(settings: Settings) -> Policy:
+    ingest = settings.get("ingest")
+    return Policy(
+        max_attributes=ingest["max_attributes"],
+        max_string_length=ingest["max_string_length"],
+        max_depth=ingest["max_depth"],
+        max_past_seconds=ingest["clock_skew"]["max_past_days"] * 86400,
+        max_future_seconds=ingest["clock_skew"]["max_future_seconds"],
+        default_tenant=ingest["default_tenant"],
+    )
+
+
+def ensure_partitions(conninfo: str, months_ahead: int) -> None:
+    """Create this month's partition, last month's and ``months_ahead`` future ones."""
+    now = datetime.now(UTC)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        for offset in range(-1, months_ahead + 1):
+            month = now.month - 1 + offset
+            year = now.year + month // 12
+            conn.execute("SELECT otaudit_ensure_partition(%s)", (datetime(year, month % 12 + 1, 1, tzinfo=UTC),))
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(512)
+    sock.setblocking(False)
+    return sock
+
+
+class Collector:
+    """Owns the servers and the writer of one collector process."""
+
+    def __init__(self, settings: Settings, conninfo: str, catalogs: CatalogSet) -> None:
+        self.settings = settings
+        self.conninfo = conninfo
+        self.catalogs = catalogs
+        ingest = settings.get("ingest")
+        self.writer = Writer(
+            conninfo,
+            max_pending_records=ingest["max_pending_records"],
+            max_batch_records=ingest["max_batch_records"],
+            commit_timeout_seconds=ingest["commit_timeout_seconds"],
+            retry_after_seconds=ingest["retry_after_seconds"],
+        )
+        self.ingestor = Ingestor(
+            writer=self.writer,
+            catalogs=lambda: self.catalogs,
+            policy=policy_from(settings),
+            max_concurrent_requests=ingest["max_concurrent_requests"],
+            retry_after_seconds=ingest["retry_after_seconds"],
+        )
+        self._grpc: grpc.aio.Server | None = None
+        self._runners: list[web.AppRunner] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+
+    # -- readiness -------------------------------------------------------------------
+
+    def not_ready(self) -> list[str]:
+        problems = []
+        if self._stopping:
+            problems.append("shutting down")
+        if not self.writer.available:
+            problems.append(f"database unreachable: {self.writer.stats.last_error or 'connecting'}")
+        return problems
+
+    # -- start and stop --------------------------------------------------------------
+
+    async def start(self) -> Endpoints:
+        listen = self.settings.get("listen")
+        ingest = self.settings.get("ingest")
+        host = listen["host"]
+        api_host = listen["api_host"] or host
+        await self.writer.start()
+
+        self._grpc = create_grpc_server(
+            self.ingestor,
+            max_request_bytes=ingest["max_request_bytes"],
+            max_concurrent_requests=ingest["max_concurrent_requests"],
+        )
+        grpc_port = self._grpc.add_insecure_port(f"[{host}]:{listen['grpc_port']}" if ":" in host else f"{host}:{listen['grpc_port']}")
+        if grpc_port == 0:
+            raise OSError(f"cannot listen on {host}:{listen['grpc_port']} for OTLP/gRPC")
+        await self._grpc.start()
+
+        http_port = await self._serve(create_http_app(self.ingestor, max_request_bytes=ingest["max_request_bytes"]), host, listen["http_port"])
+        api_port = await self._serve(create_api_app(self.not_ready), api_host, listen["api_port"])
+        interval = float(self.settings.get("catalogs", "reload_interval_seconds"))
+        if interval > 0:
+            self._tasks.append(asyncio.create_task(self._watch_catalogs(interval), name="otaudit-catalog-watch"))
+        self._tasks.append(asyncio.create_task(self._maintain_partitions(), name="otaudit-partitions"))
+        return Endpoints((host, grpc_port), (host, http_port), (api_host, api_port))
+
+    async def _serve(self, app: web.Application, host: str, port: int) -> int:
+        sock = _bind(host, port)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=float(self.settings.get("ingest", "commit_timeout_seconds")))
+        await runner.setup()
+        self._runners.append(runner)
+        await web.SockSite(runner, sock).start()
+        chosen: int = sock.getsockname()[1]
+        return chosen
+
+    async def stop(self, grace_seconds: float = 30.0) -> None:
+        """Stop taking requests, finish and answer those in flight, commit, close."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        receivers = []
+        if self._grpc is not None:
+            receivers.append(self._grpc.stop(grace_seconds))
+        receivers.extend(runner.cleanup() for runner in self._runners[:-1])  # OTLP/HTTP; the API goes last
+        await asyncio.gather(*receivers, return_exceptions=True)
+        await self.writer.close()
+        for runner in self._runners[-1:]:
+            await runner.cleanup()
+        self._stopped.set()
+
+    async def run_until_signalled(self, grace_seconds: float = 30.0) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload_catalogs("SIGHUP")))
+        await stop.wait()
+        log.info("stopping: finishing requests in flight")
+        await self.stop(grace_seconds)
+
+    # -- catalogs --------------------------------------------------------------------
+
+    async def reload_catalogs(self, why: str) -> bool:
+        """Load the catalogs again and swap them in; keep the old ones if the new ones are broken."""
+        async with self._reload_lock:
+            try:
+                fresh = await asyncio.to_thread(load_catalogs, catalog_dirs(self.settings))
+            except CatalogError as exc:
+                log.error("catalog reload refused; keeping the catalogs in force", extra={"trigger": why, "problems": [str(p) for p in exc.problems]})
+                return False
+            self.catalogs = fresh
+            log.info("catalogs reloaded", extra={"trigger": why, "categories": len(fresh.categories)})
+            return True
+
+    async def _watch_catalogs(self, interval: float) -> None:
+        seen = self.catalogs.fingerprint
+        while True:
+            await asyncio.sleep(interval)
+            current = catalog_fingerprint(catalog_dirs(self.settings))
+            if current != seen:
+                seen = current
+                await self.reload_catalogs("file change")
+
+    async def _maintain_partitions(self) -> None:
+        ahead = int(self.settings.get("ingest", "partitions_ahead_months"))
+        while True:
+            await asyncio.sleep(3600)
+            try:
+                await asyncio.to_thread(ensure_partitions, self.conninfo, ahead)
+            except psycopg.Error as exc:
+                log.warning("could not create partitions ahead; will try again in an hour", extra={"error": str(exc)})
+
+
+def describe(endpoints: Endpoints, database: str, catalogs: CatalogSet) -> Sequence[str]:
+    """The lines ``otaudit serve`` prints: where it listens and what it loaded."""
+
+    def addr(pair: tuple[str, int]) -> str:
+        host, port = pair
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    events = sum(len(c.events) for c in catalogs.categories.values())
+    return (
+        "otaudit collector is ready",
+        f"  OTLP/gRPC   {addr(endpoints.grpc)}",
+        f"  OTLP/HTTP   http://{addr(endpoints.http)}/v1/logs",
+        f"  API         http://{addr(endpoints.api)}  (/healthz, /readyz)",
+        f"  database    {database}",
+        f"  catalogs    {len(catalogs.categories)} categories, {events} events",
+        "Send events with any OTLP exporter; stop with Ctrl-C (or SIGTERM).",
+    )

@@ -1,0 +1,159 @@
+"""The ``otaudit`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from otaudit_collector import __version__
+from otaudit_collector.config import ConfigError, Settings, load_settings
+from otaudit_collector.core.catalog import CatalogError, Problem, lint_catalogs, load_catalogs
+from otaudit_collector.logs import setup_logging
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="otaudit", description="otaudit: the audit trail collector for OpenTelemetry.")
+    parser.add_argument("--version", action="version", version=f"otaudit {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", metavar="FILE", help="YAML configuration file (OTAUDIT_CONFIG)")
+        p.add_argument("--data-dir", metavar="DIR", help="where the embedded PostgreSQL keeps its files (OTAUDIT_DATA_DIR)")
+        p.add_argument("--database-url", metavar="URL", help="PostgreSQL URL; none starts the embedded server (OTAUDIT_DATABASE_URL)")
+        return p
+
+    serve = with_config(commands.add_parser("serve", help="run the collector"))
+    serve.add_argument("--host", help="address the OTLP receivers bind to (OTAUDIT_HOST)")
+    serve.add_argument("--grpc-port", type=int, metavar="PORT", help="OTLP/gRPC port, 0 for any free port (OTAUDIT_GRPC_PORT)")
+    serve.add_argument("--http-port", type=int, metavar="PORT", help="OTLP/HTTP port, 0 for any free port (OTAUDIT_HTTP_PORT)")
+    serve.add_argument("--api-host", help="address the API binds to (OTAUDIT_API_HOST)")
+    serve.add_argument("--api-port", type=int, metavar="PORT", help="API port, 0 for any free port (OTAUDIT_API_PORT)")
+
+    with_config(commands.add_parser("migrate", help="apply database migrations"))
+
+    catalog = commands.add_parser("catalog", help="work with event catalogs").add_subparsers(dest="action", required=True, metavar="ACTION")
+    lint = with_config(catalog.add_parser("lint", help="check catalog folders and report every problem"))
+    lint.add_argument("dirs", nargs="*", metavar="DIR", help="catalog folders (default: those the configuration loads)")
+
+    rejects = commands.add_parser("rejects", help="inspect and replay quarantined records").add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = with_config(rejects.add_parser("list", help="list quarantined records"))
+    listing.add_argument("--tenant", help="only this tenant's")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    listing.add_argument("--all", action="store_true", help="include records already replayed")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    replay = with_config(rejects.add_parser("replay", help="validate quarantined records again and store those that now pass"))
+    replay.add_argument("ids", nargs="*", type=int, metavar="ID", help="reject ids (default: every open reject)")
+    replay.add_argument("--dry-run", action="store_true", help="report what would be stored, store nothing")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    def absolute(value: str | None) -> str | None:
+        return str(Path(value).expanduser().resolve()) if value else None
+
+    overrides: dict[tuple[str, ...], Any] = {
+        ("database", "data_dir"): absolute(getattr(args, "data_dir", None)),
+        ("database", "url"): getattr(args, "database_url", None),
+        ("listen", "host"): getattr(args, "host", None),
+        ("listen", "grpc_port"): getattr(args, "grpc_port", None),
+        ("listen", "http_port"): getattr(args, "http_port", None),
+        ("listen", "api_host"): getattr(args, "api_host", None),
+        ("listen", "api_port"): getattr(args, "api_port", None),
+    }
+    return load_settings(getattr(args, "config", None), environ=os.environ, overrides=overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "migrate":
+            return _migrate(args)
+        if args.command == "catalog":
+            return _lint(args)
+        if args.command == "rejects":
+            from otaudit_collector import rejects
+
+            settings = _settings(args)
+            if args.action == "list":
+                return rejects.list_command(settings, tenant=args.tenant, limit=args.limit, include_replayed=args.all, as_json=args.json)
+            return rejects.replay_command(settings, ids=args.ids, dry_run=args.dry_run)
+    except ConfigError as exc:
+        print(f"otaudit: {exc}", file=sys.stderr)
+        return 2
+    except CatalogError as exc:
+        print(f"otaudit: refusing to start: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"otaudit: {exc}", file=sys.stderr)
+        return 1
+    return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from otaudit_collector.app import Collector, catalog_dirs, describe, ensure_partitions
+    from otaudit_collector.storage.database import open_database
+    from otaudit_collector.storage.migrate import apply_migrations
+
+    settings = _settings(args)
+    setup_logging(settings.get("logging", "level"), settings.get("logging", "format"))
+    catalogs = load_catalogs(catalog_dirs(settings))
+    database = open_database(settings)
+    try:
+        apply_migrations(database.conninfo)
+        ensure_partitions(database.conninfo, settings.get("ingest", "partitions_ahead_months"))
+
+        async def run() -> None:
+            collector = Collector(settings, database.conninfo, catalogs)
+            try:
+                endpoints = await collector.start()
+            except BaseException:
+                await collector.stop(0)
+                raise
+            print("\n".join(describe(endpoints, database.description, catalogs)), flush=True)
+            await collector.run_until_signalled(float(settings.get("ingest", "commit_timeout_seconds")))
+
+        asyncio.run(run())
+    finally:
+        database.close()
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from otaudit_collector.storage.database import open_database
+    from otaudit_collector.storage.migrate import apply_migrations
+
+    database = open_database(_settings(args))
+    try:
+        applied = apply_migrations(database.conninfo)
+    finally:
+        database.close()
+    for migration in applied:
+        print(f"applied {migration.version:04d}_{migration.name}")
+    print("database schema is up to date" if not applied else f"{len(applied)} migration(s) applied")
+    return 0
+
+
+def _lint(args: argparse.Namespace) -> int:
+    from otaudit_collector.app import catalog_dirs
+
+    dirs = [Path(d) for d in args.dirs] if args.dirs else catalog_dirs(_settings(args))
+    problems: list[Problem]
+    problems, files = lint_catalogs(dirs)
+    if problems:
+        for problem in problems:
+            print(problem)
+        print(f"{len(problems)} problem(s) in {len(dirs)} folder(s)", file=sys.stderr)
+        return 1
+    catalogs = load_catalogs(dirs)
+    events = sum(len(c.events) for c in catalogs.categories.values())
+    print(f"ok: {len(files)} catalog file(s), {len(catalogs.categories)} categories, {events} events")
+    return 0

@@ -1,0 +1,68 @@
+"""One OTLP export request through the collector: the path every receiver shares.
+
+decoded request -> normalize (core.normalize) -> validate against catalogs and build
+rows (core.prepare) -> commit (storage.writer) -> the answer. The answer exists only
+after the commit: until then the client still holds its data.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from otaudit_collector.core.catalog import CatalogSet
+from otaudit_collector.core.errors import Overloaded
+from otaudit_collector.core.normalize import Policy, normalize_request
+from otaudit_collector.core.otlp_json import DecodedRequest
+from otaudit_collector.core.prepare import prepare
+from otaudit_collector.storage.writer import Writer
+
+__all__ = ["ExportResult", "Ingestor"]
+
+
+@dataclass(frozen=True, slots=True)
+class ExportResult:
+    accepted: int
+    rejected: int
+    message: str
+
+
+class Ingestor:
+    """Turns decoded requests into committed events and quarantined rejects."""
+
+    def __init__(
+        self,
+        *,
+        writer: Writer,
+        catalogs: Callable[[], CatalogSet],
+        policy: Policy,
+        max_concurrent_requests: int,
+        retry_after_seconds: float,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._writer = writer
+        self._catalogs = catalogs
+        self._policy = policy
+        self._max_concurrent = max_concurrent_requests
+        self._retry_after = retry_after_seconds
+        self._clock = clock
+        self.in_flight = 0
+
+    async def export(self, decoded: DecodedRequest) -> ExportResult:
+        if self.in_flight >= self._max_concurrent:
+            raise Overloaded(
+                f"{self.in_flight} requests are being processed (limit {self._max_concurrent}): retry later",
+                retry_after_seconds=self._retry_after,
+            )
+        self.in_flight += 1
+        try:
+            received_ns = self._clock()
+            catalogs = self._catalogs()  # the set in force when the request arrived, even if a reload swaps it
+            candidates = normalize_request(decoded, received_ns, self._policy)
+            prepared = prepare(candidates, catalogs, received_ns)
+            if prepared.lines or prepared.rejects:
+                await self._writer.submit(prepared)
+            return ExportResult(len(prepared.lines), prepared.rejected, prepared.partial_success_message())
+        finally:
+            self.in_flight -= 1

@@ -1,0 +1,74 @@
+"""OTLP/gRPC receiver: ``opentelemetry.proto.collector.logs.v1.LogsService/Export``.
+
+The handler takes the raw request bytes (no generated servicer) so that undecodable
+input is answered by our decoder with a message that names the problem, and a broken
+record is rejected on its own.
+"""
+
+from __future__ import annotations
+
+import math
+
+import grpc
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+
+from otaudit_collector.core.errors import IngestError
+from otaudit_collector.core.otlp_proto import decode_protobuf
+from otaudit_collector.pipeline import Ingestor
+
+__all__ = ["create_grpc_server", "error_trailers"]
+
+SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
+
+
+def error_trailers(err: IngestError) -> tuple[tuple[str, bytes], ...]:
+    """Trailing metadata for an error: the Status with its details, and RetryInfo when retryable.
+
+    The Python exporter reads ``google.rpc.retryinfo-bin``; Go clients read
+    ``grpc-status-details-bin``: both are sent.
+    """
+    status = status_pb2.Status(code=err.status.grpc_code.value[0], message=err.message)
+    trailers: list[tuple[str, bytes]] = []
+    if err.status.retryable and err.retry_after_seconds is not None:
+        seconds = max(err.retry_after_seconds, 0.0)
+        whole = math.floor(seconds)
+        info = error_details_pb2.RetryInfo(
+            retry_delay=duration_pb2.Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
+        )
+        status.details.add().Pack(info)
+        trailers.append(("google.rpc.retryinfo-bin", info.SerializeToString()))
+    trailers.append(("grpc-status-details-bin", status.SerializeToString()))
+    return tuple(trailers)
+
+
+def _handler(ingestor: Ingestor):  # type: ignore[no-untyped-def]
+    async def export(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        try:
+            result = await ingestor.export(decode_protobuf(request))
+        except IngestError as err:
+            await context.abort(err.status.grpc_code, err.message, trailing_metadata=error_trailers(err))
+            raise  # unreachable: abort raises
+        response = ExportLogsServiceResponse()
+        if result.rejected:
+            response.partial_success.rejected_log_records = result.rejected
+            response.partial_success.error_message = result.message
+        return response.SerializeToString()
+
+    return export
+
+
+def create_grpc_server(ingestor: Ingestor, *, max_request_bytes: int, max_concurrent_requests: int) -> grpc.aio.Server:
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_request_bytes),
+            ("grpc.max_send_message_length", 16 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=max_concurrent_requests * 2,
+    )
+    handler = grpc.unary_unary_rpc_method_handler(_handler(ingestor), request_deserializer=None, response_serializer=None)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Export": handler}),))
+    return server
+

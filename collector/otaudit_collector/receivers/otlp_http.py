@@ -1,0 +1,92 @@
+"""OTLP/HTTP receiver: ``POST /v1/logs`` with protobuf or JSON bodies, gzip or not.
+
+The answer uses the request's encoding. Errors are ``google.rpc.Status`` bodies with the
+status code of ``core.errors``, and ``Retry-After`` when the client should retry.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from aiohttp import web
+from google.rpc import status_pb2
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+
+from otaudit_collector.core.errors import BadRequest, IngestError, PayloadTooLarge, UnsupportedMediaType
+from otaudit_collector.core.otlp_json import decode_json
+from otaudit_collector.core.otlp_proto import decode_protobuf
+from otaudit_collector.pipeline import ExportResult, Ingestor
+
+__all__ = ["create_http_app", "PROTOBUF", "JSON"]
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+_ENCODINGS = {"", "identity", "gzip", "deflate"}
+_INGESTOR = web.AppKey("ingestor", Ingestor)
+_MAX_BYTES = web.AppKey("max_request_bytes", int)
+
+
+def create_http_app(ingestor: Ingestor, *, max_request_bytes: int) -> web.Application:
+    app = web.Application(client_max_size=max_request_bytes)
+    app[_INGESTOR] = ingestor
+    app[_MAX_BYTES] = max_request_bytes
+    app.router.add_post("/v1/logs", _logs)
+    return app
+
+
+async def _logs(request: web.Request) -> web.StreamResponse:
+    as_json = request.content_type == JSON
+    try:
+        if request.content_type not in (PROTOBUF, JSON):
+            raise UnsupportedMediaType(
+                f"Content-Type must be {PROTOBUF} or {JSON}, got {request.content_type or 'none'!r}"
+            )
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        if encoding not in _ENCODINGS:
+            raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported: send gzip or no encoding")
+        body = await _read(request)
+        decoded = decode_json(body) if as_json else decode_protobuf(body)
+        result = await request.app[_INGESTOR].export(decoded)
+    except IngestError as err:
+        return _error(err, as_json)
+    return _answer(result, as_json)
+
+
+async def _read(request: web.Request) -> bytes:
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise PayloadTooLarge(
+            f"the request body is larger than {request.app[_MAX_BYTES]} bytes after decompression: "
+            "send smaller batches"
+        ) from exc
+    except Exception as exc:  # aiohttp raises its own errors for a corrupt gzip stream
+        raise BadRequest(f"the request body could not be read: {exc}") from None
+
+
+def _answer(result: ExportResult, as_json: bool) -> web.Response:
+    if as_json:
+        doc: dict[str, object] = {}
+        if result.rejected:
+            doc["partialSuccess"] = {"rejectedLogRecords": str(result.rejected), "errorMessage": result.message}
+        return web.Response(body=json.dumps(doc).encode(), content_type=JSON)
+    response = ExportLogsServiceResponse()
+    if result.rejected:
+        response.partial_success.rejected_log_records = result.rejected
+        response.partial_success.error_message = result.message
+    return web.Response(body=response.SerializeToString(), content_type=PROTOBUF)
+
+
+def _error(err: IngestError, as_json: bool) -> web.Response:
+    code = err.status.grpc_code.value[0]
+    headers = {}
+    if err.status.retryable and err.retry_after_seconds is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(err.retry_after_seconds)))
+    if as_json:
+        body = json.dumps({"code": code, "message": err.message}).encode()
+        content_type = JSON
+    else:
+        body = status_pb2.Status(code=code, message=err.message).SerializeToString()
+        content_type = PROTOBUF
+    return web.Response(status=err.status.http_status, body=body, content_type=content_type, headers=headers)

@@ -1,0 +1,123 @@
+"""``otaudit rejects list`` and ``otaudit rejects replay``: the quarantine, by hand.
+
+Replay validates each open reject again with the catalogs in force now and stores those
+that pass through the same writer as live traffic. Storage is idempotent, so a replay
+interrupted between storing an event and marking its reject is safe to run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from datetime import datetime
+
+import psycopg
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+
+from otaudit_collector.app import catalog_dirs, ensure_partitions, policy_from
+from otaudit_collector.config import Settings
+from otaudit_collector.core.catalog import load_catalogs
+from otaudit_collector.core.normalize import Candidate, ResourceContext
+from otaudit_collector.core.errors import RecordError
+from otaudit_collector.core.normalize import normalize_record
+from otaudit_collector.core.prepare import prepare
+from otaudit_collector.storage.database import open_database
+from otaudit_collector.storage.migrate import apply_migrations
+from otaudit_collector.storage.writer import Writer
+
+__all__ = ["list_command", "replay_command"]
+
+
+def list_command(settings: Settings, *, tenant: str | None, limit: int, include_replayed: bool, as_json: bool) -> int:
+    database = open_database(settings)
+    try:
+        apply_migrations(database.conninfo)
+        with psycopg.connect(database.conninfo) as conn:
+            rows = conn.execute(
+                "SELECT id, received_at, tenant, category, event, reasons, replayed_at, replayed_event_id FROM rejects"
+                " WHERE (%(tenant)s::text IS NULL OR tenant = %(tenant)s) AND (%(all)s OR replayed_at IS NULL)"
+                " ORDER BY id LIMIT %(limit)s",
+                {"tenant": tenant, "all": include_replayed, "limit": limit},
+            ).fetchall()
+    finally:
+        database.close()
+    for rid, received, rtenant, category, event, reasons, replayed_at, replayed_id in rows:
+        if as_json:
+            print(json.dumps({
+                "id": rid, "received_at": received.isoformat(), "tenant": rtenant, "category": category, "event": event,
+                "reasons": reasons, "replayed_at": replayed_at.isoformat() if replayed_at else None, "replayed_event_id": replayed_id,
+            }))
+        else:
+            state = f" [replayed as {replayed_id}]" if replayed_at else ""
+            print(f"#{rid} {received:%Y-%m-%d %H:%M:%S} tenant={rtenant or '-'} {category or '-'}/{event or '-'}{state}")
+            for reason in reasons:
+                print(f"    {reason}")
+    if not as_json:
+        print(f"{len(rows)} reject(s)")
+    return 0
+
+
+def replay_command(settings: Settings, *, ids: Sequence[int], dry_run: bool) -> int:
+    database = open_database(settings)
+    try:
+        apply_migrations(database.conninfo)
+        ensure_partitions(database.conninfo, settings.get("ingest", "partitions_ahead_months"))
+        return asyncio.run(_replay(settings, database.conninfo, list(ids), dry_run))
+    finally:
+        database.close()
+
+
+async def _replay(settings: Settings, conninfo: str, ids: list[int], dry_run: bool) -> int:
+    catalogs = load_catalogs(catalog_dirs(settings))
+    policy = policy_from(settings)
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT id, received_at, resource, record FROM rejects WHERE replayed_at IS NULL"
+            " AND (cardinality(%s::bigint[]) = 0 OR id = ANY(%s::bigint[])) ORDER BY id",
+            (ids, ids),
+        )
+        rows = await cur.fetchall()
+        writer = Writer(conninfo)
+        await writer.start()
+        stored = still = 0
+        try:
+            for rid, received_at, resource_bytes, record_bytes in rows:
+                outcome = _revalidate(catalogs, policy, received_at, bytes(resource_bytes), bytes(record_bytes))
+                if isinstance(outcome, str):
+                    still += 1
+                    print(f"#{rid} still rejected: {outcome}")
+                    continue
+                event_id, prepared = outcome
+                if not dry_run:
+                    await writer.submit(prepared)
+                    await conn.execute(
+                        "UPDATE rejects SET replayed_at = now(), replayed_event_id = %s WHERE id = %s", (event_id, rid)
+                    )
+                stored += 1
+                print(f"#{rid} {'would be stored' if dry_run else 'stored'} as event {event_id}")
+        finally:
+            await writer.close()
+    print(f"{stored} replayed{' (dry run)' if dry_run else ''}, {still} still rejected")
+    return 0 if still == 0 else 1
+
+
+def _revalidate(catalogs, policy, received_at: datetime, resource_bytes: bytes, record_bytes: bytes):  # type: ignore[no-untyped-def]
+    try:
+        record = LogRecord.FromString(record_bytes)
+        resource = Resource.FromString(resource_bytes)
+    except Exception:  # noqa: BLE001 - a record that never decoded cannot be replayed
+        return "the original record cannot be decoded"
+    received_ns = int(received_at.timestamp() * 1_000_000) * 1000
+    context = ResourceContext.of(resource)
+    candidate = Candidate((0, 0, 0), record, context)
+    try:
+        candidate.doc = normalize_record(record, context, received_ns, policy)
+    except RecordError as exc:
+        return exc.message
+    prepared = prepare([candidate], catalogs, received_ns)
+    if prepared.rejects:
+        return "; ".join(prepared.rejects[0].reasons)
+    assert candidate.doc is not None
+    return str(candidate.doc["id"]), prepared

@@ -1,0 +1,1 @@
+"""Storage: PostgreSQL, the only place an accepted event lives."""

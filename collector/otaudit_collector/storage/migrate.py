@@ -1,0 +1,73 @@
+"""Versioned SQL migrations: ``migrations/NNNN_name.sql``, each applied once, in order.
+
+Applied by ``otaudit migrate`` and at start. A transaction-scoped advisory lock lets
+several collectors start at once against one database.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+__all__ = ["Migration", "available_migrations", "apply_migrations", "pending_migrations"]
+
+_DIR = Path(__file__).resolve().parent / "migrations"
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_LOCK_KEY = 0x6F7461756469  # "otaudi"
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    path: Path
+
+
+def available_migrations() -> list[Migration]:
+    found = []
+    for path in sorted(_DIR.glob("*.sql")):
+        match = _NAME.match(path.name)
+        if match is None:
+            raise RuntimeError(f"migration file {path.name} is not named NNNN_name.sql")
+        found.append(Migration(int(match[1]), match[2], path))
+    return found
+
+
+_CREATE_LEDGER = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     integer     PRIMARY KEY,
+    name        text        NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+)"""
+
+
+def pending_migrations(conn: psycopg.Connection) -> list[Migration]:
+    exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+    done: set[int] = set()
+    if exists and exists[0]:
+        done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+    return [m for m in available_migrations() if m.version not in done]
+
+
+def apply_migrations(conninfo: str) -> list[Migration]:
+    """Apply every pending migration; return those applied by this call."""
+    applied = []
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+            conn.execute(_CREATE_LEDGER)
+        for migration in available_migrations():
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+                row = conn.execute("SELECT 1 FROM schema_migrations WHERE version = %s", (migration.version,)).fetchone()
+                if row:
+                    continue
+                conn.execute(migration.path.read_text(encoding="utf-8"))  # type: ignore[arg-type]
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (migration.version, migration.name)
+                )
+                applied.append(migration)
+    return applied

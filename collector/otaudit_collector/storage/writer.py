@@ -1,0 +1,337 @@
+"""The writer: makes prepared batches durable, then lets their requests answer.
+
+Group commit: every request waiting when a transaction starts shares it. Accepted
+events are COPYed into a staging table and moved into ``events`` by one statement that
+drops the ids already stored (idempotence) and gives each tenant's new events the next
+numbers of its commit sequence. Rejected records go to ``rejects`` in the same
+transaction. Only after COMMIT returns are the requests answered.
+
+Bounded: at most ``max_pending_records`` wait; beyond that ``submit`` raises Overloaded.
+While the database is away, ``submit`` raises Unavailable at once and a background loop
+reconnects; nothing is held in memory for an outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg import errors as pgerrors
+
+from otaudit_collector.core.errors import IngestError, Overloaded, Unavailable
+from otaudit_collector.core.prepare import EVENT_COLUMNS, Prepared
+
+__all__ = ["Writer", "WriterStats", "is_retryable", "MOVE_SQL", "STAGING_SQL"]
+
+log = logging.getLogger(__name__)
+
+STAGING_SQL = (
+    "CREATE TEMP TABLE IF NOT EXISTS incoming ("
+    " ord integer NOT NULL, tenant text NOT NULL, id text NOT NULL, occurred_at timestamptz NOT NULL,"
+    " received_at timestamptz NOT NULL, category text NOT NULL, event text NOT NULL, outcome text NOT NULL,"
+    " actor_type text, actor_id text, actor_email text, target_type text, target_id text,"
+    " flags text[] NOT NULL, doc jsonb NOT NULL"
+    ") ON COMMIT DELETE ROWS"
+)
+
+_COPY_SQL = f"COPY incoming (ord, {', '.join(EVENT_COLUMNS)}) FROM STDIN"
+
+_COLUMNS = ", ".join(EVENT_COLUMNS[2:])
+MOVE_SQL = f"""
+WITH batch AS (
+    SELECT DISTINCT ON (tenant, id) * FROM incoming ORDER BY tenant, id, ord
+), fresh AS (
+    INSERT INTO event_ids (tenant, id, occurred_at)
+    SELECT tenant, id, occurred_at FROM batch
+    ON CONFLICT DO NOTHING
+    RETURNING tenant, id
+), counts AS (
+    SELECT tenant, count(*) AS n FROM fresh GROUP BY tenant
+), seqs AS (
+    INSERT INTO tenant_seq AS t (tenant, last_seq)
+    SELECT tenant, n FROM counts ORDER BY tenant
+    ON CONFLICT (tenant) DO UPDATE SET last_seq = t.last_seq + excluded.last_seq
+    RETURNING tenant, last_seq
+)
+INSERT INTO events (tenant, seq, id, {_COLUMNS})
+SELECT b.tenant, s.last_seq - c.n + row_number() OVER (PARTITION BY b.tenant ORDER BY b.ord), b.id, {
+    ", ".join("b." + c for c in EVENT_COLUMNS[2:])
+}
+FROM batch b
+JOIN fresh f ON f.tenant = b.tenant AND f.id = b.id
+JOIN counts c ON c.tenant = b.tenant
+JOIN seqs s ON s.tenant = b.tenant
+"""
+
+_REJECT_SQL = (
+    "INSERT INTO rejects (tenant, category, event, reasons, resource, record, fingerprint)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (fingerprint) DO NOTHING"
+)
+
+_RETRYABLE = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    pgerrors.DeadlockDetected,
+    pgerrors.SerializationFailure,
+    pgerrors.LockNotAvailable,
+    pgerrors.InsufficientResources,
+    pgerrors.QueryCanceled,
+)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Database errors after which the same batch may well succeed (SQLSTATE 08, 40, 53, 57)."""
+    return isinstance(exc, (*_RETRYABLE, TimeoutError, OSError))
+
+
+@dataclass(slots=True)
+class _Pending:
+    batch: Prepared
+    future: asyncio.Future[int]
+    size: int
+
+
+@dataclass(slots=True)
+class WriterStats:
+    transactions: int = 0
+    events_written: int = 0
+    duplicates: int = 0
+    rejects_written: int = 0
+    failures: int = 0
+    last_error: str = ""
+    commit_seconds: list[float] = field(default_factory=list)
+
+
+class Writer:
+    """Owns one database connection and commits every batch handed to ``submit``."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        max_pending_records: int = 100_000,
+        max_batch_records: int = 10_000,
+        commit_timeout_seconds: float = 30.0,
+        retry_after_seconds: float = 1.0,
+    ) -> None:
+        self._conninfo = conninfo
+        self._max_pending = max_pending_records
+        self._max_batch = max_batch_records
+        self._commit_timeout = commit_timeout_seconds
+        self._retry_after = retry_after_seconds
+        self._queue: deque[_Pending] = deque()
+        self._pending_records = 0
+        self._wake = asyncio.Event()
+        self._conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
+        self._partitions: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.available = False
+        self.stats = WriterStats()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect (raising if the database cannot be reached) and start committing."""
+        await self._connect()
+        self._task = asyncio.create_task(self._run(), name="otaudit-writer")
+
+    async def close(self) -> None:
+        """Commit what is queued, then stop. Batches that cannot be committed are refused as retryable."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+        self.available = False
+
+    @property
+    def pending_records(self) -> int:
+        return self._pending_records
+
+    # -- the request side ------------------------------------------------------------
+
+    async def submit(self, batch: Prepared) -> int:
+        """Wait until ``batch`` is committed; return how many of its events were new."""
+        if self._closing:
+            raise Unavailable("the collector is shutting down: retry against another instance", retry_after_seconds=self._retry_after)
+        if not self.available:
+            raise self._unavailable()
+        size = len(batch.lines) + len(batch.rejects)
+        if self._pending_records and self._pending_records + size > self._max_pending:
+            raise Overloaded(
+                f"{self._pending_records} records are waiting to be committed (limit {self._max_pending}): retry later",
+                retry_after_seconds=self._retry_after,
+            )
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(batch, future, size))
+        self._pending_records += size
+        self._wake.set()
+        return await asyncio.shield(future)
+
+    # -- the committing side ---------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            if not self.available:
+                self._fail_queued(self._unavailable())
+                if self._closing:
+                    return
+                await self._reconnect_loop()
+                continue
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await self._commit_group(self._take_group())
+
+    def _unavailable(self) -> Unavailable:
+        return Unavailable(
+            f"the database is unreachable ({self.stats.last_error or 'reconnecting'}): retry later",
+            retry_after_seconds=self._retry_after,
+        )
+
+    def _take_group(self) -> list[_Pending]:
+        group = [self._queue.popleft()]
+        total = group[0].size
+        while self._queue and total + self._queue[0].size <= self._max_batch:
+            item = self._queue.popleft()
+            total += item.size
+            group.append(item)
+        return group
+
+    async def _commit_group(self, group: list[_Pending]) -> None:
+        try:
+            new = await self._commit_with_retries([p.batch for p in group])
+        except Exception as exc:  # noqa: BLE001 - every failure is answered, none is lost silently
+            if is_retryable(exc):
+                self._mark_down(exc)
+                self._settle(group, error=self._unavailable())
+            elif len(group) > 1:
+                # One request must not fail the others that shared its transaction.
+                for item in group:
+                    await self._commit_group([item])
+            else:
+                log.error("storage refused a batch", extra={"error": str(exc)})
+                self.stats.failures += 1
+                self._settle(group, error=IngestError(f"storage refused the batch: {exc}"))
+            return
+        self._settle(group, new=new)
+
+    def _settle(self, group: list[_Pending], *, new: int = 0, error: IngestError | None = None) -> None:
+        for item in group:
+            self._pending_records -= item.size
+            if item.future.done():
+                continue
+            if error is not None:
+                item.future.set_exception(error)
+            else:
+                item.future.set_result(new)
+
+    def _fail_queued(self, error: IngestError) -> None:
+        group = list(self._queue)
+        self._queue.clear()
+        self._settle(group, error=error)
+
+    async def _commit_with_retries(self, batches: list[Prepared]) -> int:
+        attempts = 0
+        while True:
+            try:
+                return await asyncio.wait_for(self._commit(batches), self._commit_timeout)
+            except (pgerrors.DeadlockDetected, pgerrors.SerializationFailure):
+                attempts += 1
+                if attempts >= 3:
+                    raise
+            except TimeoutError:
+                await self._drop_connection()
+                raise
+
+    async def _commit(self, batches: list[Prepared]) -> int:
+        conn = self._conn
+        if conn is None or conn.closed:
+            raise psycopg.OperationalError("no database connection")
+        lines = [line for batch in batches for line in batch.lines]
+        rejects = [reject for batch in batches for reject in batch.rejects]
+        months = {line.split("\t", 3)[2][:7] for line in lines}
+        for month in months - self._partitions:
+            await conn.execute("SELECT otaudit_ensure_partition(%s::timestamptz)", (f"{month}-01T00:00:00Z",))
+            self._partitions.add(month)
+        started = time.perf_counter()
+        new = 0
+        async with conn.transaction():
+            if lines:
+                async with conn.cursor() as cur:
+                    async with cur.copy(_COPY_SQL) as copy:
+                        await copy.write("".join(f"{n}\t{line}\n" for n, line in enumerate(lines)))
+                    await cur.execute(MOVE_SQL)
+                    new = cur.rowcount
+            if rejects:
+                async with conn.cursor() as cur:
+                    await cur.executemany(
+                        _REJECT_SQL,
+                        [(r.tenant, r.category, r.event, list(r.reasons), r.resource, r.record, r.fingerprint) for r in rejects],
+                    )
+        elapsed = time.perf_counter() - started
+        stats = self.stats
+        stats.transactions += 1
+        stats.events_written += new
+        stats.duplicates += len(lines) - new
+        stats.rejects_written += len(rejects)
+        stats.commit_seconds.append(elapsed)
+        if len(stats.commit_seconds) > 1024:
+            del stats.commit_seconds[:512]
+        return new
+
+    # -- connection ------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        conn = await psycopg.AsyncConnection.connect(
+            self._conninfo, autocommit=True, connect_timeout=5, application_name="otaudit-writer"
+        )
+        await conn.execute(STAGING_SQL)
+        cur = await conn.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'events'::regclass"
+        )
+        rows = await cur.fetchall()
+        self._partitions = {str(row[0])[7:].replace("_", "-") for row in rows}
+        self._conn = conn
+        self.available = True
+        self.stats.last_error = ""
+
+    def _mark_down(self, exc: BaseException) -> None:
+        if self.available:
+            log.warning("database unreachable; refusing requests as retryable until it returns", extra={"error": str(exc)})
+        self.available = False
+        self.stats.failures += 1
+        self.stats.last_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}".rstrip(": ")
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await conn.close()
+            except Exception:  # noqa: BLE001 - it is being discarded
+                pass
+
+    async def _reconnect_loop(self) -> None:
+        await self._drop_connection()
+        delay = 0.1
+        while not self._closing:
+            try:
+                await self._connect()
+                log.info("database reachable again; accepting requests")
+                return
+            except Exception as exc:  # noqa: BLE001 - keep trying; the reason is kept for the answers
+                self._mark_down(exc)
+                self._fail_queued(self._unavailable())
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)

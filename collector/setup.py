@@ -1,0 +1,29 @@
+"""Build hook: ship the repository's catalogs/ and config/ inside the wheel.
+
+The canonical copies live at the repository root (catalogs/, config/) so that operators
+and reviewers find them there; the collector needs them installed beside its code so that
+`pip install ./collector && otaudit serve` works with no checkout at run time.
+"""
+
+import shutil
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+HERE = Path(__file__).resolve().parent
+BUNDLED = {"catalogs": HERE.parent / "catalogs", "config": HERE.parent / "config"}
+
+
+class BuildWithBundledData(build_py):
+    def run(self) -> None:
+        super().run()
+        target = Path(self.build_lib) / "otaudit_collector" / "_bundled"
+        for name, source in BUNDLED.items():
+            if not source.is_dir():
+                raise SystemExit(f"cannot bundle {name}: {source} is missing (build from a full checkout)")
+            shutil.rmtree(target / name, ignore_errors=True)
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("*.md", "__pycache__"))
+
+
+setup(cmdclass={"build_py": BuildWithBundledData})
