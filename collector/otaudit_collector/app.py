@@ -152,7 +152,12 @@ class Collector:
 
     async def _serve(self, app: web.Application, host: str, port: int) -> int:
         sock = _bind(host, port)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=float(self.settings.get("ingest", "commit_timeout_seconds")))
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            auto_decompress=False,  # OTLP/HTTP inflates bodies itself, with its own limit and errors
+            shutdown_timeout=float(self.settings.get("ingest", "commit_timeout_seconds")),
+        )
         await runner.setup()
         self._runners.append(runner)
         await web.SockSite(runner, sock).start()

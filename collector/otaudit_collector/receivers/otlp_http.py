@@ -1,6 +1,9 @@
 """OTLP/HTTP receiver: ``POST /v1/logs`` with protobuf or JSON bodies, gzip or not.
 
-The answer uses the request's encoding. Errors are ``google.rpc.Status`` bodies with the
+The body is decompressed here, not by aiohttp (its server must run with
+``auto_decompress=False``): aiohttp would answer an unknown encoding with a bare 400 and
+read a corrupt gzip stream as an empty body, which would acknowledge data never stored.
+The 64 MiB limit applies to the decompressed size. The answer uses the request's encoding. Errors are ``google.rpc.Status`` bodies with the
 status code of ``core.errors``, and ``Retry-After`` when the client should retry.
 """
 
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 
 from aiohttp import web
 from google.rpc import status_pb2
@@ -45,7 +49,7 @@ async def _logs(request: web.Request) -> web.StreamResponse:
         encoding = request.headers.get("Content-Encoding", "").strip().lower()
         if encoding not in _ENCODINGS:
             raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported: send gzip or no encoding")
-        body = await _read(request)
+        body = await _read(request, encoding)
         decoded = decode_json(body) if as_json else decode_protobuf(body)
         result = await request.app[_INGESTOR].export(decoded)
     except IngestError as err:
@@ -53,16 +57,32 @@ async def _logs(request: web.Request) -> web.StreamResponse:
     return _answer(result, as_json)
 
 
-async def _read(request: web.Request) -> bytes:
+async def _read(request: web.Request, encoding: str) -> bytes:
+    limit = request.app[_MAX_BYTES]
     try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise PayloadTooLarge(
-            f"the request body is larger than {request.app[_MAX_BYTES]} bytes after decompression: "
-            "send smaller batches"
-        ) from exc
-    except Exception as exc:  # aiohttp raises its own errors for a corrupt gzip stream
-        raise BadRequest(f"the request body could not be read: {exc}") from None
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        body = b""
+        too_large = True
+    else:
+        too_large = False
+    if not too_large and encoding in ("gzip", "deflate"):
+        body = _inflate(body, 31 if encoding == "gzip" else 15, limit)
+        too_large = len(body) > limit
+    if too_large:
+        raise PayloadTooLarge(f"the request body is larger than {limit} bytes after decompression: send smaller batches")
+    return body
+
+
+def _inflate(data: bytes, wbits: int, limit: int) -> bytes:
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise BadRequest(f"the request body could not be read: its compressed stream is corrupt ({exc})") from None
+    if len(out) <= limit and not inflater.eof:
+        raise BadRequest("the request body could not be read: its compressed stream is truncated")
+    return out
 
 
 def _answer(result: ExportResult, as_json: bool) -> web.Response:
