@@ -18,10 +18,10 @@ from psycopg.conninfo import make_conninfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from support import RunningCollector, settings_for  # noqa: E402
+from support import RunningCollector, settings_for
 
-from otaudit_collector.app import ensure_partitions  # noqa: E402
-from otaudit_collector.storage.migrate import apply_migrations  # noqa: E402
+from otaudit_collector.app import ensure_partitions
+from otaudit_collector.storage.migrate import apply_migrations
 
 TEMPLATE = f"otaudit_template_{os.getpid()}"
 

@@ -50,8 +50,15 @@ class ControlledPostgres:
 
     def start(self) -> None:
         self._run(
-            "pg_ctl", "-D", str(self.pgdata), "-w", "-l", str(self.pgdata / "log"),
-            "-o", f"-h 127.0.0.1 -p {self.port} -k {self.pgdata}", "start",
+            "pg_ctl",
+            "-D",
+            str(self.pgdata),
+            "-w",
+            "-l",
+            str(self.pgdata / "log"),
+            "-o",
+            f"-h 127.0.0.1 -p {self.port} -k {self.pgdata}",
+            "start",
         )
 
     def stop(self) -> None:

@@ -124,8 +124,8 @@ def good_attributes(**over: Any) -> dict[str, Any]:
         "audit.changes": [{"field": "permissions", "old": ["read"], "new": ["read", "export"]}],
         "audit.sequence": 1,
     }
-    for key, value in over.items():
-        key = key.replace("__", ".")
+    for name, value in over.items():
+        key = name.replace("__", ".")
         if value is None:
             attrs.pop(key, None)
         else:
@@ -135,7 +135,9 @@ def good_attributes(**over: Any) -> dict[str, Any]:
 
 def record(event: str = "updateRole", attrs: Mapping[str, Any] | None = None, *, time_ns: int | None = None) -> LogRecord:
     rec = LogRecord(event_name=event, time_unix_nano=time.time_ns() if time_ns is None else time_ns)
-    rec.attributes.extend(KeyValue(key=k, value=any_value(v)) for k, v in (attrs if attrs is not None else good_attributes()).items())
+    rec.attributes.extend(
+        KeyValue(key=k, value=any_value(v)) for k, v in (attrs if attrs is not None else good_attributes()).items()
+    )
     return rec
 
 
@@ -157,7 +159,7 @@ def rows(conninfo: str, sql: str = "SELECT * FROM events ORDER BY tenant, seq", 
 
 def count(conninfo: str, table: str = "events") -> int:
     with psycopg.connect(conninfo) as conn:
-        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608 - test helper, fixed names
+        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
         assert row is not None
         return int(row[0])
 

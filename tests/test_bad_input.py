@@ -11,10 +11,9 @@ import pytest
 import requests
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from support import RunningCollector, any_value, count, good_attributes, record, request, rows
 from test_ingest_clients import EXPORT, grpc_export
-
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 
 def raw_grpc(target: str, body: bytes) -> ExportLogsServiceResponse:
@@ -28,7 +27,12 @@ def still_serving(collector: RunningCollector) -> None:
     response = grpc_export(collector.grpc_target, request([record()]))
     assert response.partial_success.rejected_log_records == 0
     assert count(collector.conninfo) == before + 1
-    http = requests.post(collector.http_url, data=request([record()]).SerializeToString(), headers={"Content-Type": "application/x-protobuf"}, timeout=30)
+    http = requests.post(
+        collector.http_url,
+        data=request([record()]).SerializeToString(),
+        headers={"Content-Type": "application/x-protobuf"},
+        timeout=30,
+    )
     assert http.status_code == 200
     assert count(collector.conninfo) == before + 2
 
@@ -72,10 +76,32 @@ def test_undecodable_grpc_request(collector: RunningCollector, body: bytes, expe
         (b"\x0a\x40abc", "application/x-protobuf", {}, 400, "truncated"),
         (b"hello", "text/plain", {}, 415, "Content-Type must be application/x-protobuf or application/json"),
         (b"hello", "application/x-protobuf", {"Content-Encoding": "br"}, 415, "Content-Encoding 'br' is not supported"),
-        (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff\xff\xff\xff\xff", "application/x-protobuf", {"Content-Encoding": "gzip"}, 400, "compressed stream is corrupt"),
-        (gzip.compress(b"\x0a\x00" * 100)[:-12], "application/x-protobuf", {"Content-Encoding": "gzip"}, 400, "compressed stream is truncated"),
+        (
+            b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff\xff\xff\xff\xff",
+            "application/x-protobuf",
+            {"Content-Encoding": "gzip"},
+            400,
+            "compressed stream is corrupt",
+        ),
+        (
+            gzip.compress(b"\x0a\x00" * 100)[:-12],
+            "application/x-protobuf",
+            {"Content-Encoding": "gzip"},
+            400,
+            "compressed stream is truncated",
+        ),
     ],
-    ids=["invalid-json", "json-array", "json-shape", "json-bad-utf8", "proto-truncated", "wrong-type", "unknown-encoding", "corrupt-gzip", "truncated-gzip"],
+    ids=[
+        "invalid-json",
+        "json-array",
+        "json-shape",
+        "json-bad-utf8",
+        "proto-truncated",
+        "wrong-type",
+        "unknown-encoding",
+        "corrupt-gzip",
+        "truncated-gzip",
+    ],
 )
 def test_undecodable_http_request(
     collector: RunningCollector, body: bytes, content_type: str, headers: dict[str, str], status: int, expected: str
@@ -102,7 +128,10 @@ def test_chunked_http_body_without_content_length(collector: RunningCollector) -
 
 def test_empty_requests_are_accepted_and_store_nothing(collector: RunningCollector) -> None:
     assert raw_grpc(collector.grpc_target, b"").partial_success.rejected_log_records == 0
-    assert requests.post(collector.http_url, data=b"", headers={"Content-Type": "application/x-protobuf"}, timeout=30).status_code == 200
+    assert (
+        requests.post(collector.http_url, data=b"", headers={"Content-Type": "application/x-protobuf"}, timeout=30).status_code
+        == 200
+    )
     assert requests.post(collector.http_url, data=b"{}", headers={"Content-Type": "application/json"}, timeout=30).json() == {}
     empty_scope = request([])
     assert grpc_export(collector.grpc_target, empty_scope).partial_success.rejected_log_records == 0
@@ -174,7 +203,18 @@ def _moderately_nested() -> bytes:
         (_attrs(**{"audit.changes": "not a list"}), "'audit.changes' must be an array"),
         (_attrs(**{"audit.outcome": "maybe"}), "/outcome"),
     ],
-    ids=["invalid-utf8", "nested-400", "nested-20", "nul", "huge-string", "5000-attributes", "no-tenant", "wrong-type", "bad-changes", "bad-outcome"],
+    ids=[
+        "invalid-utf8",
+        "nested-400",
+        "nested-20",
+        "nul",
+        "huge-string",
+        "5000-attributes",
+        "no-tenant",
+        "wrong-type",
+        "bad-changes",
+        "bad-outcome",
+    ],
 )
 def test_one_bad_record_is_rejected_alone(collector: RunningCollector, body: bytes, expected: str) -> None:
     response = raw_grpc(collector.grpc_target, body)

@@ -44,7 +44,9 @@ class RetryingClient:
         ]
         try:
             with grpc.insecure_channel(self.target, options=options) as channel:
-                call = channel.unary_unary(EXPORT, request_serializer=None, response_deserializer=ExportLogsServiceResponse.FromString)
+                call = channel.unary_unary(
+                    EXPORT, request_serializer=None, response_deserializer=ExportLogsServiceResponse.FromString
+                )
                 for body in self.bodies:
                     deadline = time.monotonic() + 120
                     while True:
@@ -145,7 +147,9 @@ def test_postgres_stopped_and_started_under_load(controlled_pg: ControlledPostgr
             time.sleep(0.05)
         assert "database unreachable" in requests.get(running.api_url + "/readyz", timeout=5).json()["problems"][0]
         with grpc.insecure_channel(running.grpc_target) as channel:
-            call = channel.unary_unary(EXPORT, request_serializer=None, response_deserializer=ExportLogsServiceResponse.FromString)
+            call = channel.unary_unary(
+                EXPORT, request_serializer=None, response_deserializer=ExportLogsServiceResponse.FromString
+            )
             with pytest.raises(grpc.RpcError) as caught:
                 call(request([record()]).SerializeToString(), timeout=10)
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -153,7 +157,12 @@ def test_postgres_stopped_and_started_under_load(controlled_pg: ControlledPostgr
         assert error_details_pb2.RetryInfo.FromString(trailers["google.rpc.retryinfo-bin"]).retry_delay.seconds == 1
         status = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
         assert status.details[0].Is(error_details_pb2.RetryInfo.DESCRIPTOR)
-        http = requests.post(running.http_url, data=request([record()]).SerializeToString(), headers={"Content-Type": "application/x-protobuf"}, timeout=10)
+        http = requests.post(
+            running.http_url,
+            data=request([record()]).SerializeToString(),
+            headers={"Content-Type": "application/x-protobuf"},
+            timeout=10,
+        )
         assert http.status_code == 503 and http.headers["Retry-After"] == "1"
         assert "database is unreachable" in status_pb2.Status.FromString(http.content).message
         time.sleep(1.0)
@@ -187,13 +196,17 @@ def test_saturation_is_refused_as_retryable_and_nothing_is_lost(db: str) -> None
             time.sleep(0.01)
         # 4 records wait for their commit; 4 more would pass the limit of 6.
         with grpc.insecure_channel(running.grpc_target) as channel:
-            call = channel.unary_unary(EXPORT, request_serializer=None, response_deserializer=ExportLogsServiceResponse.FromString)
+            call = channel.unary_unary(
+                EXPORT, request_serializer=None, response_deserializer=ExportLogsServiceResponse.FromString
+            )
             with pytest.raises(grpc.RpcError) as caught:
                 call(batches(1, 4)[0], timeout=10)
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "waiting to be committed (limit 6)" in caught.value.details()
         assert "google.rpc.retryinfo-bin" in dict(caught.value.trailing_metadata())
-        http = requests.post(running.http_url, data=batches(1, 4)[0], headers={"Content-Type": "application/x-protobuf"}, timeout=10)
+        http = requests.post(
+            running.http_url, data=batches(1, 4)[0], headers={"Content-Type": "application/x-protobuf"}, timeout=10
+        )
         assert http.status_code == 429 and http.headers["Retry-After"] == "1"
         blocker.rollback()
         first.join()
@@ -216,7 +229,9 @@ def test_too_many_concurrent_requests_is_refused_as_retryable(db: str) -> None:
         while running.collector.ingestor.in_flight < 1:
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        http = requests.post(running.http_url, data=batches(1, 1)[0], headers={"Content-Type": "application/x-protobuf"}, timeout=10)
+        http = requests.post(
+            running.http_url, data=batches(1, 1)[0], headers={"Content-Type": "application/x-protobuf"}, timeout=10
+        )
         assert http.status_code == 429
         assert "requests are being processed (limit 1)" in status_pb2.Status.FromString(http.content).message
         blocker.rollback()
@@ -228,12 +243,16 @@ def test_too_many_concurrent_requests_is_refused_as_retryable(db: str) -> None:
 
 
 def test_sigterm_under_load_loses_nothing_acknowledged(db: str, tmp_path: Path) -> None:
-    proc = CollectorProcess(["serve", "--database-url", db, "--grpc-port", "0", "--http-port", "0", "--api-port", "0"], cwd=tmp_path).start()
+    proc = CollectorProcess(
+        ["serve", "--database-url", db, "--grpc-port", "0", "--http-port", "0", "--api-port", "0"], cwd=tmp_path
+    ).start()
     acknowledged: list[int] = []
 
     def send() -> None:
         with grpc.insecure_channel(proc.grpc_target) as channel:
-            call = channel.unary_unary(EXPORT, request_serializer=None, response_deserializer=ExportLogsServiceResponse.FromString)
+            call = channel.unary_unary(
+                EXPORT, request_serializer=None, response_deserializer=ExportLogsServiceResponse.FromString
+            )
             for body in batches(400, 20):
                 try:
                     call(body, timeout=15)

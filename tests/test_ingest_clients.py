@@ -33,7 +33,9 @@ def emit_with_stock_sdk(exporter: Any, events: list[dict[str, Any]]) -> None:
     provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
     logger = provider.get_logger("audit")
     for event in events:
-        logger.emit(timestamp=time.time_ns(), body=event.pop("body", None), attributes=event.pop("attributes"), event_name=event["event"])
+        logger.emit(
+            timestamp=time.time_ns(), body=event.pop("body", None), attributes=event.pop("attributes"), event_name=event["event"]
+        )
     provider.shutdown()
 
 
@@ -55,7 +57,12 @@ def test_stock_otel_exporter_events_are_stored(collector: RunningCollector, tran
             },
             {
                 "event": "siteAccess",
-                "attributes": {"log.record.uid": uids[1], "audit.actor.type": "user", "user.email": "bob@acme.test", "audit.category": "site_access"},
+                "attributes": {
+                    "log.record.uid": uids[1],
+                    "audit.actor.type": "user",
+                    "user.email": "bob@acme.test",
+                    "audit.category": "site_access",
+                },
             },
             {
                 "event": "exportView",
@@ -98,7 +105,10 @@ def test_raw_protobuf_over_grpc_with_partial_success(collector: RunningCollector
     response = grpc_export(collector.grpc_target, request([good, bad, unknown]))
     assert response.partial_success.rejected_log_records == 2
     message = response.partial_success.error_message
-    assert "record 1 (resource_logs[0].scope_logs[0].log_records[1], event 'updateRole', category 'accounts_configuration')" in message
+    assert (
+        "record 1 (resource_logs[0].scope_logs[0].log_records[1], event 'updateRole', category 'accounts_configuration')"
+        in message
+    )
     assert "/target/type" in message
     assert "record 2" in message and "'noSuchEvent' is in no loaded catalog" in message
     assert count(collector.conninfo) == 1
@@ -180,7 +190,9 @@ def test_otlp_http_protobuf_gzip_and_json(collector: RunningCollector) -> None:
             }
         ]
     }
-    response = requests.post(collector.http_url, data=json.dumps(json_req), headers={"Content-Type": "application/json"}, timeout=30)
+    response = requests.post(
+        collector.http_url, data=json.dumps(json_req), headers={"Content-Type": "application/json"}, timeout=30
+    )
     assert response.status_code == 200, response.text
     assert response.json() == {}
     stored = rows(collector.conninfo, "SELECT * FROM events WHERE id = %s", (uid,))

@@ -25,7 +25,10 @@ def test_migrations_apply_once_and_are_recorded(db: str) -> None:
 
 def test_partitions_exist_ahead_and_are_created_for_late_events(collector: RunningCollector) -> None:
     def partitions() -> set[str]:
-        return {r["relname"] for r in rows(collector.conninfo, "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid")}
+        return {
+            r["relname"]
+            for r in rows(collector.conninfo, "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid")
+        }
 
     now = datetime.now(UTC)
     ahead = (now.replace(day=1) + timedelta(days=40)).strftime("events_%Y_%m")
@@ -53,13 +56,13 @@ def test_same_id_in_one_request_and_across_tenants(collector: RunningCollector) 
 def test_sequence_is_gap_free_in_commit_order_across_processes(db: str, tmp_path: Path) -> None:
     """Two collector processes, three tenants, concurrent clients; a reader checks every snapshot."""
     procs = [
-        CollectorProcess(["serve", "--database-url", db, "--grpc-port", "0", "--http-port", "0", "--api-port", "0"], cwd=tmp_path).start()
+        CollectorProcess(
+            ["serve", "--database-url", db, "--grpc-port", "0", "--http-port", "0", "--api-port", "0"], cwd=tmp_path
+        ).start()
         for _ in range(2)
     ]
     tenants = ["acme", "globex", "initech"]
-    clients = [
-        RetryingClient(procs[n % 2].grpc_target, batches(40, 25, tenant=tenants[n % 3])) for n in range(6)
-    ]
+    clients = [RetryingClient(procs[n % 2].grpc_target, batches(40, 25, tenant=tenants[n % 3])) for n in range(6)]
     violations: list[str] = []
     snapshots = 0
     stop = threading.Event()

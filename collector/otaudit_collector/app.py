@@ -137,12 +137,16 @@ class Collector:
             max_request_bytes=ingest["max_request_bytes"],
             max_concurrent_requests=ingest["max_concurrent_requests"],
         )
-        grpc_port = self._grpc.add_insecure_port(f"[{host}]:{listen['grpc_port']}" if ":" in host else f"{host}:{listen['grpc_port']}")
+        grpc_port = self._grpc.add_insecure_port(
+            f"[{host}]:{listen['grpc_port']}" if ":" in host else f"{host}:{listen['grpc_port']}"
+        )
         if grpc_port == 0:
             raise OSError(f"cannot listen on {host}:{listen['grpc_port']} for OTLP/gRPC")
         await self._grpc.start()
 
-        http_port = await self._serve(create_http_app(self.ingestor, max_request_bytes=ingest["max_request_bytes"]), host, listen["http_port"])
+        http_port = await self._serve(
+            create_http_app(self.ingestor, max_request_bytes=ingest["max_request_bytes"]), host, listen["http_port"]
+        )
         api_port = await self._serve(create_api_app(self.not_ready), api_host, listen["api_port"])
         interval = float(self.settings.get("catalogs", "reload_interval_seconds"))
         if interval > 0:
@@ -200,7 +204,10 @@ class Collector:
             try:
                 fresh = await asyncio.to_thread(load_catalogs, catalog_dirs(self.settings))
             except CatalogError as exc:
-                log.error("catalog reload refused; keeping the catalogs in force", extra={"trigger": why, "problems": [str(p) for p in exc.problems]})
+                log.error(
+                    "catalog reload refused; keeping the catalogs in force",
+                    extra={"trigger": why, "problems": [str(p) for p in exc.problems]},
+                )
                 return False
             self.catalogs = fresh
             log.info("catalogs reloaded", extra={"trigger": why, "categories": len(fresh.categories)})

@@ -19,9 +19,8 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from otaudit_collector.app import catalog_dirs, ensure_partitions, policy_from
 from otaudit_collector.config import Settings
 from otaudit_collector.core.catalog import load_catalogs
-from otaudit_collector.core.normalize import Candidate, ResourceContext
 from otaudit_collector.core.errors import RecordError
-from otaudit_collector.core.normalize import normalize_record
+from otaudit_collector.core.normalize import Candidate, ResourceContext, normalize_record
 from otaudit_collector.core.prepare import prepare
 from otaudit_collector.storage.database import open_database
 from otaudit_collector.storage.migrate import apply_migrations
@@ -45,10 +44,20 @@ def list_command(settings: Settings, *, tenant: str | None, limit: int, include_
         database.close()
     for rid, received, rtenant, category, event, reasons, replayed_at, replayed_id in rows:
         if as_json:
-            print(json.dumps({
-                "id": rid, "received_at": received.isoformat(), "tenant": rtenant, "category": category, "event": event,
-                "reasons": reasons, "replayed_at": replayed_at.isoformat() if replayed_at else None, "replayed_event_id": replayed_id,
-            }))
+            print(
+                json.dumps(
+                    {
+                        "id": rid,
+                        "received_at": received.isoformat(),
+                        "tenant": rtenant,
+                        "category": category,
+                        "event": event,
+                        "reasons": reasons,
+                        "replayed_at": replayed_at.isoformat() if replayed_at else None,
+                        "replayed_event_id": replayed_id,
+                    }
+                )
+            )
         else:
             state = f" [replayed as {replayed_id}]" if replayed_at else ""
             print(f"#{rid} {received:%Y-%m-%d %H:%M:%S} tenant={rtenant or '-'} {category or '-'}/{event or '-'}{state}")

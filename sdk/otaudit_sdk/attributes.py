@@ -6,9 +6,27 @@ OpenTelemetry semantic-convention names where one exists; the rest under ``audit
 from typing import Final
 
 __all__ = [
-    "RECORD_UID", "CATEGORY", "TENANT_ID", "OUTCOME", "ACTOR_TYPE", "USER_ID", "USER_EMAIL", "USER_NAME",
-    "USER_ROLES", "CLIENT_ADDRESS", "USER_AGENT", "SESSION_ID", "TARGET_TYPE", "TARGET_ID", "TARGET_NAME",
-    "CHANGES", "DETAILS", "REASON", "SEQUENCE", "OUTCOMES", "ACTOR_TYPES",
+    "RECORD_UID",
+    "CATEGORY",
+    "TENANT_ID",
+    "OUTCOME",
+    "ACTOR_TYPE",
+    "USER_ID",
+    "USER_EMAIL",
+    "USER_NAME",
+    "USER_ROLES",
+    "CLIENT_ADDRESS",
+    "USER_AGENT",
+    "SESSION_ID",
+    "TARGET_TYPE",
+    "TARGET_ID",
+    "TARGET_NAME",
+    "CHANGES",
+    "DETAILS",
+    "REASON",
+    "SEQUENCE",
+    "OUTCOMES",
+    "ACTOR_TYPES",
 ]
 
 RECORD_UID: Final = "log.record.uid"

@@ -11,7 +11,7 @@ __all__ = ["create_api_app", "Readiness"]
 Readiness = Callable[[], list[str]]
 """Returns what keeps the collector from being ready; empty when it is ready."""
 
-_READINESS = web.AppKey("readiness", Readiness)  # type: ignore[arg-type]
+_READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
 
 
 def create_api_app(readiness: Readiness) -> web.Application:

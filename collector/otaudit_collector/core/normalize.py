@@ -116,9 +116,7 @@ _DETAILS_PREFIX = "audit.details."
 def normalize_record(record: LogRecord, ctx: ResourceContext, received_ns: int, policy: Policy) -> dict[str, Any]:
     """Build the normalized event document for one record."""
     if len(record.attributes) > policy.max_attributes:
-        raise RecordError(
-            f"the record has {len(record.attributes)} attributes; at most {policy.max_attributes} are accepted"
-        )
+        raise RecordError(f"the record has {len(record.attributes)} attributes; at most {policy.max_attributes} are accepted")
     doc: dict[str, Any] = {}
     flags: list[str] = []
     actor: dict[str, Any] = {}
@@ -168,9 +166,7 @@ def normalize_record(record: LogRecord, ctx: ResourceContext, received_ns: int, 
     doc["id"] = uid
     tenant = tenant or ctx.tenant or policy.default_tenant
     if not tenant:
-        raise RecordError(
-            "the record names no tenant: set the attribute 'audit.tenant.id' on the record or its resource"
-        )
+        raise RecordError("the record names no tenant: set the attribute 'audit.tenant.id' on the record or its resource")
     doc["tenant"] = tenant
     doc["occurred_at"] = _occurred_at(record, received_ns, policy, doc, flags)
     doc.setdefault("outcome", "success")
@@ -263,11 +259,11 @@ def _value(key: str, v: AnyValue, policy: Policy, depth: int) -> Any:
                 f"attribute '{key}' holds a string of {len(s)} characters; at most {policy.max_string_length} are accepted"
             )
         return s
-    if kind == "int_value" or kind == "bool_value":
+    if kind in {"int_value", "bool_value"}:
         return getattr(v, kind)
     if kind == "double_value":
         d = v.double_value
-        return d if math.isfinite(d) else ("NaN" if d != d else ("Infinity" if d > 0 else "-Infinity"))
+        return d if math.isfinite(d) else ("NaN" if math.isnan(d) else ("Infinity" if d > 0 else "-Infinity"))
     if depth >= policy.max_depth:
         raise RecordError(f"attribute '{key}' nests maps or arrays deeper than {policy.max_depth} levels")
     if kind == "kvlist_value":

@@ -72,7 +72,9 @@ def decode_json(body: bytes) -> DecodedRequest:
             if resource is not None:
                 _object(resource, f"{where}.resource")
                 _attributes(pb_rl.resource.attributes, resource, f"{where}.resource")
-                pb_rl.resource.dropped_attributes_count = _uint(resource, "droppedAttributesCount", "dropped_attributes_count", f"{where}.resource")
+                pb_rl.resource.dropped_attributes_count = _uint(
+                    resource, "droppedAttributesCount", "dropped_attributes_count", f"{where}.resource"
+                )
             pb_rl.schema_url = _str(rl, "schemaUrl", "schema_url", where)
             for j, sl in enumerate(_list(rl, "scopeLogs", "scope_logs", where)):
                 swhere = f"{where}.scopeLogs[{j}]"
@@ -144,7 +146,7 @@ def _any_value(pb: AnyValue, value: Any, where: str, depth: int) -> None:
     if depth >= MAX_JSON_DEPTH:
         raise _Malformed(where, f"values nested deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(value, dict):
-        raise _Malformed(where, f"must be an AnyValue object such as {{\"stringValue\": \"...\"}}, got {_kind(value)}")
+        raise _Malformed(where, f'must be an AnyValue object such as {{"stringValue": "..."}}, got {_kind(value)}')
     for key, convert in _ANY_VALUE_FIELDS.items():
         if key in value:
             convert(pb, value[key], f"{where}.{key}", depth)
@@ -222,7 +224,7 @@ _ANY_VALUE_FIELDS: dict[str, Callable[[AnyValue, Any, str, int], None]] = {
 
 def _array_values(v: Any, where: str) -> list[Any]:
     if not isinstance(v, dict):
-        raise _Malformed(where, f"must be an object with a \"values\" array, got {_kind(v)}")
+        raise _Malformed(where, f'must be an object with a "values" array, got {_kind(v)}')
     values = v.get("values", [])
     if not isinstance(values, list):
         raise _Malformed(f"{where}.values", f"must be an array, got {_kind(values)}")
@@ -264,7 +266,9 @@ def _text(value: str, where: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise _Malformed(where, "contains an unpaired UTF-16 surrogate escape (\\ud800-\\udfff), which is not valid text") from None
+        raise _Malformed(
+            where, "contains an unpaired UTF-16 surrogate escape (\\ud800-\\udfff), which is not valid text"
+        ) from None
     return value
 
 
@@ -285,9 +289,7 @@ def _int64(value: Any, where: str) -> int:
         raise _Malformed(where, "must be an integer, got a boolean")
     if isinstance(value, int):
         number = value
-    elif isinstance(value, str) and value.lstrip("-").isdigit() and len(value) <= 21:
-        number = int(value)
-    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+    elif (isinstance(value, str) and value.lstrip("-").isdigit() and len(value) <= 21) or (isinstance(value, float) and math.isfinite(value) and value.is_integer()):
         number = int(value)
     else:
         raise _Malformed(where, f"must be an integer or a decimal string, got {value!r:.40}")

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+from opentelemetry.proto.logs.v1.logs_pb2 import ScopeLogs
 
 from otaudit_collector.core.errors import BadRequest
 from otaudit_collector.core.otlp_json import DecodedRequest
@@ -75,9 +75,9 @@ class _WireError(Exception):
     pass
 
 
-def _parse_into(message: ResourceLogs | LogRecord | object, data: bytes, where: str) -> None:
+def _parse_into(message: Message, data: bytes, where: str) -> None:
     try:
-        message.ParseFromString(data)  # type: ignore[attr-defined]
+        message.ParseFromString(data)
     except DecodeError:
         raise _WireError(f"{where} could not be decoded") from None
 

@@ -34,9 +34,7 @@ def error_trailers(err: IngestError) -> tuple[tuple[str, bytes], ...]:
     if err.status.retryable and err.retry_after_seconds is not None:
         seconds = max(err.retry_after_seconds, 0.0)
         whole = math.floor(seconds)
-        info = error_details_pb2.RetryInfo(
-            retry_delay=duration_pb2.Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
-        )
+        info = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=whole, nanos=int((seconds - whole) * 1e9)))
         status.details.add().Pack(info)
         trailers.append(("google.rpc.retryinfo-bin", info.SerializeToString()))
     trailers.append(("grpc-status-details-bin", status.SerializeToString()))
@@ -71,4 +69,3 @@ def create_grpc_server(ingestor: Ingestor, *, max_request_bytes: int, max_concur
     handler = grpc.unary_unary_rpc_method_handler(_handler(ingestor), request_deserializer=None, response_serializer=None)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Export": handler}),))
     return server
-

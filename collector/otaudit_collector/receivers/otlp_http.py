@@ -43,9 +43,7 @@ async def _logs(request: web.Request) -> web.StreamResponse:
     as_json = request.content_type == JSON
     try:
         if request.content_type not in (PROTOBUF, JSON):
-            raise UnsupportedMediaType(
-                f"Content-Type must be {PROTOBUF} or {JSON}, got {request.content_type or 'none'!r}"
-            )
+            raise UnsupportedMediaType(f"Content-Type must be {PROTOBUF} or {JSON}, got {request.content_type or 'none'!r}")
         encoding = request.headers.get("Content-Encoding", "").strip().lower()
         if encoding not in _ENCODINGS:
             raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported: send gzip or no encoding")

@@ -22,11 +22,12 @@ class EmbeddedPostgres:
         self._server: object | None = None
 
     def start(self) -> str:
-        import pgserver  # imported here: it is only needed when no database URL is configured
+        # Imported here: it is only needed when no database URL is configured.
+        from pgserver.postgres_server import get_server
 
         pgdata = self.data_dir / "postgres"
         pgdata.mkdir(parents=True, exist_ok=True)
-        server = pgserver.get_server(pgdata, cleanup_mode="stop")
+        server = get_server(pgdata, cleanup_mode="stop")
         self._server = server
         uri: str = server.get_uri()
         return uri

@@ -65,9 +65,7 @@ def apply_migrations(conninfo: str) -> list[Migration]:
                 row = conn.execute("SELECT 1 FROM schema_migrations WHERE version = %s", (migration.version,)).fetchone()
                 if row:
                     continue
-                conn.execute(migration.path.read_text(encoding="utf-8"))  # type: ignore[arg-type]
-                conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (migration.version, migration.name)
-                )
+                conn.execute(migration.path.read_text(encoding="utf-8"))
+                conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (migration.version, migration.name))
                 applied.append(migration)
     return applied

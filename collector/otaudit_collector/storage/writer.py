@@ -160,7 +160,9 @@ class Writer:
     async def submit(self, batch: Prepared) -> int:
         """Wait until ``batch`` is committed; return how many of its events were new."""
         if self._closing:
-            raise Unavailable("the collector is shutting down: retry against another instance", retry_after_seconds=self._retry_after)
+            raise Unavailable(
+                "the collector is shutting down: retry against another instance", retry_after_seconds=self._retry_after
+            )
         if not self.available:
             raise self._unavailable()
         size = len(batch.lines) + len(batch.rejects)
@@ -298,8 +300,7 @@ class Writer:
         )
         await conn.execute(STAGING_SQL)
         cur = await conn.execute(
-            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-            " WHERE i.inhparent = 'events'::regclass"
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'events'::regclass"
         )
         rows = await cur.fetchall()
         self._partitions = {str(row[0])[7:].replace("_", "-") for row in rows}
@@ -312,7 +313,9 @@ class Writer:
             log.warning("database unreachable; refusing requests as retryable until it returns", extra={"error": str(exc)})
         self.available = False
         self.stats.failures += 1
-        self.stats.last_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}".rstrip(": ")
+        self.stats.last_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}".rstrip(
+            ": "
+        )
 
     async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None

@@ -1,0 +1,94 @@
+"""The README's front door works as written: its quick start in a fresh virtualenv, and its example."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import venv
+from pathlib import Path
+
+import psycopg
+import pytest
+from support import REPO
+
+README = (REPO / "README.md").read_text(encoding="utf-8")
+
+
+def _block_after(heading: str, language: str) -> str:
+    start = README.index(heading)
+    match = re.compile(rf"```{language}\n(.*?)```", re.S).search(README, start)
+    assert match, f"no {language} block after {heading!r} in README.md"
+    return match[1].strip()
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    command = _block_after("Run the whole test suite", "sh")
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    # .ci/run extracts the command from the README by these two anchors and runs it.
+    assert "/^Run the whole test suite/" in ci and f"/^{command.split(' && ')[0]}/" in ci
+
+
+@pytest.mark.slow
+def test_readme_quick_start_in_a_fresh_virtualenv(tmp_path: Path) -> None:
+    command = _block_after("## Quick start", "sh")
+    assert command == "python -m pip install ./collector && otaudit serve"
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("OTAUDIT_", "VIRTUAL_ENV", "PYTHON"))},
+        "PATH": f"{env_dir / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        "VIRTUAL_ENV": str(env_dir),
+        # Free ports instead of 4317-4319, which another process on a shared machine may hold.
+        "OTAUDIT_GRPC_PORT": "0",
+        "OTAUDIT_HTTP_PORT": "0",
+        "OTAUDIT_API_PORT": "0",
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    }
+    work = tmp_path / "work"
+    work.mkdir()
+    # The README runs from the repository root; run the same line there, with data in a temp folder.
+    env["OTAUDIT_DATA_DIR"] = str(work / "otaudit-data")
+    proc = subprocess.Popen(
+        ["bash", "-c", command],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    output: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 600
+        grpc_target = ""
+        for line in proc.stdout:
+            output.append(line)
+            found = re.match(r"\s+OTLP/gRPC\s+(\S+)", line)
+            if found:
+                grpc_target = found[1]
+            if line.startswith("Send events"):
+                break
+            assert time.monotonic() < deadline, "quick start did not become ready in time"
+        assert grpc_target, "the quick start never printed where it listens:\n" + "".join(output[-40:])
+        threading.Thread(target=lambda: [output.append(line) for line in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+
+        example = _block_after("## Sending an audit event", "python").replace("127.0.0.1:4317", grpc_target)
+        subprocess.run([sys.executable, "-c", example], check=True, timeout=60)
+
+        from pgserver import get_server
+
+        server = get_server(work / "otaudit-data" / "postgres", cleanup_mode=None)
+        with psycopg.connect(server.get_uri()) as conn:
+            row = conn.execute("SELECT tenant, event, category, doc FROM events").fetchone()
+        assert row is not None, "".join(output)
+        assert row[:3] == ("acme", "updateRole", "accounts_configuration")
+        assert row[3]["changes"] == [{"field": "permissions", "old": ["read"], "new": ["read", "export"]}]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
