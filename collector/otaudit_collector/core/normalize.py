@@ -156,7 +156,9 @@ def normalize_record(record: LogRecord, ctx: ResourceContext, received_ns: int, 
             extra = extra if extra is not None else {}
             extra[key] = _value(key, kv.value, policy, 0)
 
-    event = record.event_name or (_scalar_text(extra.pop("event.name")) if extra and "event.name" in extra else "")
+    event = record.event_name
+    if not event and extra and isinstance(extra.get("event.name"), str):
+        event = extra.pop("event.name")  # the attribute older OTel SDKs used before LogRecord.event_name
     if not event:
         raise RecordError("the record has no event name: set LogRecord.event_name to the event's name in its catalog")
     doc["event"] = event

@@ -1,0 +1,180 @@
+"""The pure core, without sockets or a database: decoding, normalization, rows."""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+
+import pytest
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from support import any_value, good_attributes, record, request
+
+from otaudit_collector.core.catalog import bundled_catalog_dirs, load_catalogs
+from otaudit_collector.core.errors import BadRequest, RecordError
+from otaudit_collector.core.normalize import Candidate, Policy, ResourceContext, iso_from_ns, normalize_record, normalize_request
+from otaudit_collector.core.otlp_json import decode_json
+from otaudit_collector.core.otlp_proto import decode_protobuf
+from otaudit_collector.core.prepare import EVENT_COLUMNS, copy_text, prepare
+
+NOW = 1_763_720_130_123_456_789  # 2025-11-21T10:15:30.123456789Z
+POLICY = Policy()
+
+
+def ctx(**attrs: object) -> ResourceContext:
+    resource = Resource()
+    resource.attributes.extend(KeyValue(key=k, value=any_value(v)) for k, v in attrs.items())
+    return ResourceContext.of(resource)
+
+
+def normalize(attrs: dict[str, object], event: str = "updateRole", time_ns: int = NOW, **resource: object) -> dict[str, object]:
+    return normalize_record(record(event, attrs, time_ns=time_ns), ctx(**resource), NOW, POLICY)
+
+
+def test_every_contract_attribute_lands_in_its_place() -> None:
+    doc = normalize(
+        good_attributes(**{"audit.outcome": "denied", "audit.reason": "missing permission", "custom.thing": 7}),
+        **{"service.name": "accounts-api", "service.instance.id": "pod-7"},
+    )
+    assert doc == {
+        "id": doc["id"],
+        "tenant": "acme",
+        "category": "accounts_configuration",
+        "event": "updateRole",
+        "occurred_at": "2025-11-21T10:15:30.123456Z",
+        "outcome": "denied",
+        "reason": "missing permission",
+        "actor": {"type": "user", "id": "u-17", "email": "ann@acme.test", "name": "Ann", "roles": ["admin"]},
+        "client": {"address": "203.0.113.9", "user_agent": "Mozilla/5.0 (X11; Linux x86_64)", "session_id": "s-1"},
+        "target": {"type": "role", "id": "r-3", "name": "Auditors"},
+        "changes": [{"field": "permissions", "old": ["read"], "new": ["read", "export"]}],
+        "source": {"service": "accounts-api", "instance": "pod-7", "sequence": 1},
+        "attributes": {"custom.thing": 7},
+    }
+
+
+def test_lenient_shapes_that_real_emitters_send() -> None:
+    doc = normalize(
+        {
+            "audit.actor.type": "user",
+            "user.id": 17,  # numeric ids become strings
+            "user.roles": "admin",  # one role as a string
+            "audit.changes": {"name": {"old": "a", "new": "b"}},  # a map keyed by field
+            "audit.details.via": "api",  # flattened details
+            "audit.details": {"count": 2},
+            "event.name": "ignoredBecauseEventNameIsSet",
+            "ratio": math.nan,
+            "blob": b"\x00\x01",
+        },
+        **{"audit.tenant.id": "acme"},
+    )
+    assert doc["actor"] == {"type": "user", "id": "17", "roles": ["admin"]}
+    assert doc["changes"] == [{"field": "name", "old": "a", "new": "b"}]
+    assert doc["details"] == {"count": 2, "via": "api"}
+    assert doc["attributes"] == {"event.name": "ignoredBecauseEventNameIsSet", "ratio": "NaN", "blob": "AAE="}
+    assert doc["tenant"] == "acme"
+
+
+def test_event_name_attribute_is_a_fallback_for_older_sdks() -> None:
+    doc = normalize({"event.name": "siteAccess", "audit.tenant.id": "t"}, event="")
+    assert doc["event"] == "siteAccess" and "attributes" not in doc
+
+
+@pytest.mark.parametrize(
+    ("attrs", "message"),
+    [
+        ({"audit.tenant.id": "t", "user.id": [1]}, "attribute 'user.id' must be a string, got an array"),
+        ({"audit.tenant.id": "t", "audit.sequence": "4"}, "'audit.sequence' must be a non-negative integer"),
+        ({"audit.tenant.id": "t", "user.roles": [1, 2]}, "'user.roles' must be an array of strings"),
+        ({"audit.tenant.id": "t", "audit.details": "x"}, "'audit.details' must be a map"),
+        ({"audit.tenant.id": "t", "audit.changes": {"f": 1}}, "entry 'f' must be a map"),
+        ({}, "names no tenant"),
+    ],
+)
+def test_record_errors_name_the_attribute(attrs: dict[str, object], message: str) -> None:
+    with pytest.raises(RecordError, match=message):
+        normalize(attrs)
+
+
+def test_times() -> None:
+    assert iso_from_ns(0) == "1970-01-01T00:00:00.000000Z"
+    observed = record(attrs={"audit.tenant.id": "t"}, time_ns=0)
+    observed.observed_time_unix_nano = NOW - 10**9
+    doc = normalize_record(observed, ctx(), NOW, POLICY)
+    assert doc["occurred_at"] == "2025-11-21T10:15:29.123456Z" and "time_from_observed" in doc["flags"]
+    doc = normalize({"audit.tenant.id": "t"}, time_ns=NOW + 3600 * 10**9)
+    assert doc["flags"] == ["derived_id", "clock_skew"] and doc["occurred_at"] == iso_from_ns(NOW)
+    assert doc["claimed_occurred_at"] == "2025-11-21T11:15:30.123456Z"
+
+
+def test_derived_id_is_stable_and_depends_on_the_resource() -> None:
+    rec = record(attrs={"audit.tenant.id": "t"}, time_ns=NOW)
+    first = normalize_record(rec, ctx(**{"service.name": "a"}), NOW, POLICY)
+    again = normalize_record(rec, ctx(**{"service.name": "a"}), NOW + 5, POLICY)
+    other = normalize_record(rec, ctx(**{"service.name": "b"}), NOW, POLICY)
+    assert first["id"] == again["id"] != other["id"]
+    assert uuid.UUID(str(first["id"])).version == 8 and first["flags"] == ["derived_id"]
+
+
+def test_json_and_protobuf_decode_to_the_same_request() -> None:
+    proto = request([record(attrs=good_attributes(), time_ns=NOW)])
+    rec = proto.resource_logs[0].scope_logs[0].log_records[0]
+    rec.trace_id, rec.span_id = bytes(range(16)), bytes(range(8))
+
+    def value(v: object) -> dict[str, object]:
+        if isinstance(v, str):
+            return {"stringValue": v}
+        if isinstance(v, int):
+            return {"intValue": str(v)}
+        if isinstance(v, list):
+            return {"arrayValue": {"values": [value(x) for x in v]}}
+        assert isinstance(v, dict)
+        return {"kvlistValue": {"values": [{"key": k, "value": value(x)} for k, x in v.items()]}}
+
+    body = {
+        "resource_logs": [  # snake_case names are accepted too
+            {
+                "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "accounts-api"}}]},
+                "scopeLogs": [
+                    {
+                        "logRecords": [
+                            {
+                                "timeUnixNano": str(NOW),
+                                "eventName": "updateRole",
+                                "traceId": bytes(range(16)).hex(),
+                                "spanId": bytes(range(8)).hex(),
+                                "attributes": [{"key": k, "value": value(v)} for k, v in good_attributes().items()],
+                            }
+                        ]
+                    }
+                ],
+            }
+        ]
+    }
+    from_json = decode_json(json.dumps(body).encode())
+    assert not from_json.broken
+    got = from_json.message.resource_logs[0].scope_logs[0].log_records[0]
+    assert got.trace_id == rec.trace_id and got.span_id == rec.span_id and got.time_unix_nano == NOW
+    assert decode_protobuf(proto.SerializeToString()).message.resource_logs[0].resource == proto.resource_logs[0].resource
+    with pytest.raises(BadRequest, match="must be a JSON object"):
+        decode_json(b"null")
+
+
+def test_prepare_builds_copy_lines_and_rejects() -> None:
+    catalogs = load_catalogs(bundled_catalog_dirs())
+    attrs = good_attributes(**{"user.name": "Tab\there\\ and\nnewline"})
+    decoded = decode_protobuf(
+        request([record(attrs=attrs, time_ns=NOW), record("addRole", {"audit.tenant.id": "t"})]).SerializeToString()
+    )
+    candidates = normalize_request(decoded, NOW, POLICY)
+    assert all(isinstance(c, Candidate) and c.doc for c in candidates)
+    prepared = prepare(candidates, catalogs, NOW)
+    assert len(prepared.lines) == 1 and prepared.rejected == 1
+    fields = prepared.lines[0].split("\t")
+    assert len(fields) == len(EVENT_COLUMNS)
+    assert fields[EVENT_COLUMNS.index("category")] == "accounts_configuration"
+    doc_text = fields[-1].replace("\\\\", "\\")
+    assert json.loads(doc_text)["actor"]["name"] == "Tab\there\\ and\nnewline"
+    assert "record 1" in prepared.partial_success_message() and "/actor" in prepared.partial_success_message()
+    assert copy_text(None) == "\\N" and copy_text("a\tb\\c") == "a\\tb\\\\c"
