@@ -277,3 +277,28 @@ def test_nothing_rejected_is_lost_from_quarantine(collector: RunningCollector) -
     from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
     assert LogRecord.FromString(quarantined[0]["record"]) == bad
+
+
+def test_an_internal_failure_is_answered_and_logged_and_the_server_keeps_serving(
+    collector: RunningCollector, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from otaudit_collector import pipeline
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(pipeline, "prepare", broken)
+    with pytest.raises(grpc.RpcError) as caught:
+        grpc_export(collector.grpc_target, request([record()]))
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert "error was logged with its traceback" in caught.value.details()
+    http = requests.post(
+        collector.http_url,
+        data=request([record()]).SerializeToString(),
+        headers={"Content-Type": "application/x-protobuf"},
+        timeout=30,
+    )
+    assert http.status_code == 500
+    assert "ZeroDivisionError: a bug" in caplog.text
+    monkeypatch.undo()
+    still_serving(collector)

@@ -28,6 +28,7 @@ __all__ = [
     "Overloaded",
     "RecordError",
     "Status",
+    "internal_error",
 ]
 
 
@@ -79,6 +80,11 @@ class Overloaded(IngestError):
     """Too much is in flight: retry later, the collector sheds load instead of dropping it."""
 
     status = Status(grpc.StatusCode.UNAVAILABLE, 429, retryable=True)
+
+
+def internal_error() -> IngestError:
+    """What a client is told when the collector itself failed: not retryable, and logged."""
+    return IngestError("the collector failed while processing this request; the error was logged with its traceback")
 
 
 class RecordError(Exception):

@@ -7,6 +7,7 @@ record is rejected on its own.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import grpc
@@ -14,13 +15,15 @@ from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 
-from otaudit_collector.core.errors import IngestError
+from otaudit_collector.core.errors import IngestError, internal_error
 from otaudit_collector.core.otlp_proto import decode_protobuf
 from otaudit_collector.pipeline import Ingestor
 
 __all__ = ["create_grpc_server", "error_trailers"]
 
 SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
+
+log = logging.getLogger(__name__)
 
 
 def error_trailers(err: IngestError) -> tuple[tuple[str, bytes], ...]:
@@ -48,6 +51,11 @@ def _handler(ingestor: Ingestor):  # type: ignore[no-untyped-def]
         except IngestError as err:
             await context.abort(err.status.grpc_code, err.message, trailing_metadata=error_trailers(err))
             raise  # unreachable: abort raises
+        except Exception:
+            log.exception("OTLP/gRPC export failed")
+            err = internal_error()
+            await context.abort(err.status.grpc_code, err.message, trailing_metadata=error_trailers(err))
+            raise
         response = ExportLogsServiceResponse()
         if result.rejected:
             response.partial_success.rejected_log_records = result.rejected

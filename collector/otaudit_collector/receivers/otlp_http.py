@@ -10,6 +10,7 @@ status code of ``core.errors``, and ``Retry-After`` when the client should retry
 from __future__ import annotations
 
 import json
+import logging
 import math
 import zlib
 
@@ -17,7 +18,7 @@ from aiohttp import web
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 
-from otaudit_collector.core.errors import BadRequest, IngestError, PayloadTooLarge, UnsupportedMediaType
+from otaudit_collector.core.errors import BadRequest, IngestError, PayloadTooLarge, UnsupportedMediaType, internal_error
 from otaudit_collector.core.otlp_json import decode_json
 from otaudit_collector.core.otlp_proto import decode_protobuf
 from otaudit_collector.pipeline import ExportResult, Ingestor
@@ -26,6 +27,7 @@ __all__ = ["create_http_app", "PROTOBUF", "JSON"]
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
+log = logging.getLogger(__name__)
 _ENCODINGS = {"", "identity", "gzip", "deflate"}
 _INGESTOR = web.AppKey("ingestor", Ingestor)
 _MAX_BYTES = web.AppKey("max_request_bytes", int)
@@ -52,6 +54,9 @@ async def _logs(request: web.Request) -> web.StreamResponse:
         result = await request.app[_INGESTOR].export(decoded)
     except IngestError as err:
         return _error(err, as_json)
+    except Exception:
+        log.exception("OTLP/HTTP export failed")
+        return _error(internal_error(), as_json)
     return _answer(result, as_json)
 
 
