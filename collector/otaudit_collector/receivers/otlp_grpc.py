@@ -53,8 +53,8 @@ def _handler(ingestor: Ingestor):  # type: ignore[no-untyped-def]
             raise  # unreachable: abort raises
         except Exception:
             log.exception("OTLP/gRPC export failed")
-            err = internal_error()
-            await context.abort(err.status.grpc_code, err.message, trailing_metadata=error_trailers(err))
+            failure = internal_error()
+            await context.abort(failure.status.grpc_code, failure.message, trailing_metadata=error_trailers(failure))
             raise
         response = ExportLogsServiceResponse()
         if result.rejected:
