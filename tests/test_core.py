@@ -7,15 +7,22 @@ import math
 import uuid
 
 import pytest
-from opentelemetry.proto.common.v1.common_pb2 import KeyValue
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from support import any_value, good_attributes, record, request
+from support import good_attributes, record, request
 
 from otaudit_collector.core.catalog import bundled_catalog_dirs, load_catalogs
 from otaudit_collector.core.errors import BadRequest, RecordError
-from otaudit_collector.core.normalize import Candidate, Policy, ResourceContext, iso_from_ns, normalize_record, normalize_request
+from otaudit_collector.core.normalize import (
+    Candidate,
+    Policy,
+    ResourceContext,
+    iso_from_ns,
+    normalize_record,
+    normalize_request,
+    storable,
+)
 from otaudit_collector.core.otlp_json import decode_json
-from otaudit_collector.core.otlp_proto import decode_protobuf
+from otaudit_collector.core.otlp_model import Record
+from otaudit_collector.core.otlp_proto import decode_protobuf, decode_protobuf_python
 from otaudit_collector.core.prepare import EVENT_COLUMNS, copy_text, prepare
 
 NOW = 1_763_720_130_123_456_789  # 2025-11-21T10:15:30.123456789Z
@@ -23,13 +30,21 @@ POLICY = Policy()
 
 
 def ctx(**attrs: object) -> ResourceContext:
-    resource = Resource()
-    resource.attributes.extend(KeyValue(key=k, value=any_value(v)) for k, v in attrs.items())
-    return ResourceContext.of(resource)
+    return ResourceContext.of(None, list(attrs.items()))
+
+
+def plain(event: str, attrs: dict[str, object], time_ns: int = NOW, observed_ns: int = 0) -> Record:
+    """A decoded record, as the decoders produce it."""
+    rec = record(event, attrs, time_ns=time_ns)
+    rec.observed_time_unix_nano = observed_ns
+    decoded = decode_protobuf(request([rec]).SerializeToString(), POLICY.max_depth)
+    out = decoded[0][2][0][0]
+    assert not isinstance(out, str)
+    return out
 
 
 def normalize(attrs: dict[str, object], event: str = "updateRole", time_ns: int = NOW, **resource: object) -> dict[str, object]:
-    return normalize_record(record(event, attrs, time_ns=time_ns), ctx(**resource), NOW, POLICY)
+    return normalize_record(plain(event, attrs, time_ns), ctx(**resource), NOW, POLICY)
 
 
 def test_every_contract_attribute_lands_in_its_place() -> None:
@@ -72,7 +87,8 @@ def test_lenient_shapes_that_real_emitters_send() -> None:
     assert doc["actor"] == {"type": "user", "id": "17", "roles": ["admin"]}
     assert doc["changes"] == [{"field": "name", "old": "a", "new": "b"}]
     assert doc["details"] == {"count": 2, "via": "api"}
-    assert doc["attributes"] == {"event.name": "ignoredBecauseEventNameIsSet", "ratio": "NaN", "blob": "AAE="}
+    # Values stay as decoded until storage needs JSON: then bytes are base64, NaN is text.
+    assert storable(doc["attributes"]) == {"event.name": "ignoredBecauseEventNameIsSet", "ratio": "NaN", "blob": "AAE="}
     assert doc["tenant"] == "acme"
 
 
@@ -99,9 +115,7 @@ def test_record_errors_name_the_attribute(attrs: dict[str, object], message: str
 
 def test_times() -> None:
     assert iso_from_ns(0) == "1970-01-01T00:00:00.000000Z"
-    observed = record(attrs={"audit.tenant.id": "t"}, time_ns=0)
-    observed.observed_time_unix_nano = NOW - 10**9
-    doc = normalize_record(observed, ctx(), NOW, POLICY)
+    doc = normalize_record(plain("siteAccess", {"audit.tenant.id": "t"}, 0, NOW - 10**9), ctx(), NOW, POLICY)
     assert doc["occurred_at"] == "2025-11-21T10:15:29.123456Z" and "time_from_observed" in doc["flags"]
     doc = normalize({"audit.tenant.id": "t"}, time_ns=NOW + 3600 * 10**9)
     assert doc["flags"] == ["derived_id", "clock_skew"] and doc["occurred_at"] == iso_from_ns(NOW)
@@ -109,7 +123,7 @@ def test_times() -> None:
 
 
 def test_derived_id_is_stable_and_depends_on_the_resource() -> None:
-    rec = record(attrs={"audit.tenant.id": "t"}, time_ns=NOW)
+    rec = plain("siteAccess", {"audit.tenant.id": "t"})
     first = normalize_record(rec, ctx(**{"service.name": "a"}), NOW, POLICY)
     again = normalize_record(rec, ctx(**{"service.name": "a"}), NOW + 5, POLICY)
     other = normalize_record(rec, ctx(**{"service.name": "b"}), NOW, POLICY)
@@ -118,7 +132,8 @@ def test_derived_id_is_stable_and_depends_on_the_resource() -> None:
 
 
 def test_json_and_protobuf_decode_to_the_same_request() -> None:
-    proto = request([record(attrs=good_attributes(), time_ns=NOW)])
+    attrs = good_attributes()
+    proto = request([record(attrs=attrs, time_ns=NOW)])
     rec = proto.resource_logs[0].scope_logs[0].log_records[0]
     rec.trace_id, rec.span_id = bytes(range(16)), bytes(range(8))
 
@@ -144,7 +159,7 @@ def test_json_and_protobuf_decode_to_the_same_request() -> None:
                                 "eventName": "updateRole",
                                 "traceId": bytes(range(16)).hex(),
                                 "spanId": bytes(range(8)).hex(),
-                                "attributes": [{"key": k, "value": value(v)} for k, v in good_attributes().items()],
+                                "attributes": [{"key": k, "value": value(v)} for k, v in attrs.items()],
                             }
                         ]
                     }
@@ -152,20 +167,24 @@ def test_json_and_protobuf_decode_to_the_same_request() -> None:
             }
         ]
     }
-    from_json = decode_json(json.dumps(body).encode())
-    assert not from_json.broken
-    got = from_json.message.resource_logs[0].scope_logs[0].log_records[0]
-    assert got.trace_id == rec.trace_id and got.span_id == rec.span_id and got.time_unix_nano == NOW
-    assert decode_protobuf(proto.SerializeToString()).message.resource_logs[0].resource == proto.resource_logs[0].resource
+    from_json = decode_json(json.dumps(body).encode(), POLICY.max_depth)
+    from_proto = decode_protobuf(proto.SerializeToString(), POLICY.max_depth)
+    # Same plain data (the JSON record has no raw protobuf bytes), hence the same derived id.
+    json_record, proto_record = from_json[0][2][0][0], from_proto[0][2][0][0]
+    assert not isinstance(json_record, str) and not isinstance(proto_record, str)
+    assert json_record[1:] == proto_record[1:]
+    assert from_json[0][1] == from_proto[0][1]
+    assert decode_protobuf_python(proto.SerializeToString(), POLICY.max_depth) == from_proto
     with pytest.raises(BadRequest, match="must be a JSON object"):
-        decode_json(b"null")
+        decode_json(b"null", POLICY.max_depth)
 
 
 def test_prepare_builds_copy_lines_and_rejects() -> None:
     catalogs = load_catalogs(bundled_catalog_dirs())
     attrs = good_attributes(**{"user.name": "Tab\there\\ and\nnewline"})
     decoded = decode_protobuf(
-        request([record(attrs=attrs, time_ns=NOW), record("addRole", {"audit.tenant.id": "t"})]).SerializeToString()
+        request([record(attrs=attrs, time_ns=NOW), record("addRole", {"audit.tenant.id": "t"})]).SerializeToString(),
+        POLICY.max_depth,
     )
     candidates = normalize_request(decoded, NOW, POLICY)
     assert all(isinstance(c, Candidate) and c.doc for c in candidates)
@@ -178,3 +197,15 @@ def test_prepare_builds_copy_lines_and_rejects() -> None:
     assert json.loads(doc_text)["actor"]["name"] == "Tab\there\\ and\nnewline"
     assert "record 1" in prepared.partial_success_message() and "/actor" in prepared.partial_success_message()
     assert copy_text(None) == "\\N" and copy_text("a\tb\\c") == "a\\tb\\\\c"
+
+
+def test_values_json_cannot_hold_are_stored_as_text() -> None:
+    catalogs = load_catalogs(bundled_catalog_dirs())
+    attrs = good_attributes(**{"audit.details": {"ratio": math.inf, "raw": b"\x01\x02"}})
+    candidates = normalize_request(
+        decode_protobuf(request([record(attrs=attrs, time_ns=NOW)]).SerializeToString(), 16), NOW, POLICY
+    )
+    prepared = prepare(candidates, catalogs, NOW)
+    assert prepared.rejected == 0
+    stored = json.loads(prepared.lines[0].split("\t")[-1].replace("\\\\", "\\"))
+    assert stored["details"] == {"ratio": "Infinity", "raw": "AQI="}

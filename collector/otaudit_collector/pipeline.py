@@ -1,6 +1,6 @@
 """One OTLP export request through the collector: the path every receiver shares.
 
-decoded request -> normalize (core.normalize) -> validate against catalogs and build
+request bytes -> decode (core.otlp_proto / core.otlp_json) -> normalize (core.normalize) -> validate against catalogs and build
 rows (core.prepare) -> commit (storage.writer) -> the answer. The answer exists only
 after the commit: until then the client still holds its data.
 """
@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from otaudit_collector.core.catalog import CatalogSet
 from otaudit_collector.core.errors import Overloaded
 from otaudit_collector.core.normalize import Policy, normalize_request
-from otaudit_collector.core.otlp_json import DecodedRequest
+from otaudit_collector.core.otlp_json import decode_json
+from otaudit_collector.core.otlp_proto import decode_protobuf
 from otaudit_collector.core.prepare import prepare
 from otaudit_collector.storage.writer import Writer
 
@@ -49,7 +50,8 @@ class Ingestor:
         self._clock = clock
         self.in_flight = 0
 
-    async def export(self, decoded: DecodedRequest) -> ExportResult:
+    async def export(self, body: bytes, *, as_json: bool = False) -> ExportResult:
+        """Decode, validate and store one request body; answer only once it is committed."""
         if self.in_flight >= self._max_concurrent:
             raise Overloaded(
                 f"{self.in_flight} requests are being processed (limit {self._max_concurrent}): retry later",
@@ -59,6 +61,8 @@ class Ingestor:
         try:
             received_ns = self._clock()
             catalogs = self._catalogs()  # the set in force when the request arrived, even if a reload swaps it
+            depth = self._policy.max_depth
+            decoded = decode_json(body, depth) if as_json else decode_protobuf(body, depth)
             candidates = normalize_request(decoded, received_ns, self._policy)
             prepared = prepare(candidates, catalogs, received_ns)
             if prepared.lines or prepared.rejects:

@@ -13,15 +13,16 @@ from collections.abc import Sequence
 from datetime import datetime
 
 import psycopg
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from google.protobuf.message import DecodeError
 
 from otaudit_collector.app import catalog_dirs, ensure_partitions, policy_from
 from otaudit_collector.config import Settings
-from otaudit_collector.core.catalog import load_catalogs
-from otaudit_collector.core.errors import RecordError
-from otaudit_collector.core.normalize import Candidate, ResourceContext, normalize_record
-from otaudit_collector.core.prepare import prepare
+from otaudit_collector.core.catalog import CatalogSet, load_catalogs
+from otaudit_collector.core.errors import BadRequest
+from otaudit_collector.core.normalize import Policy, normalize_request
+from otaudit_collector.core.otlp_model import wrap_record
+from otaudit_collector.core.otlp_proto import decode_protobuf
+from otaudit_collector.core.prepare import Prepared, prepare
 from otaudit_collector.storage.database import open_database
 from otaudit_collector.storage.migrate import apply_migrations
 from otaudit_collector.storage.writer import Writer
@@ -112,21 +113,22 @@ async def _replay(settings: Settings, conninfo: str, ids: list[int], dry_run: bo
     return 0 if still == 0 else 1
 
 
-def _revalidate(catalogs, policy, received_at: datetime, resource_bytes: bytes, record_bytes: bytes):  # type: ignore[no-untyped-def]
+def _revalidate(
+    catalogs: CatalogSet, policy: Policy, received_at: datetime, resource_bytes: bytes, record_bytes: bytes
+) -> str | tuple[str, Prepared]:
+    """Run a quarantined record through the same path as live traffic, with today's catalogs."""
     try:
-        record = LogRecord.FromString(record_bytes)
-        resource = Resource.FromString(resource_bytes)
-    except Exception:  # noqa: BLE001 - a record that never decoded cannot be replayed
+        body = wrap_record(resource_bytes, record_bytes)
+    except DecodeError:
         return "the original record cannot be decoded"
     received_ns = int(received_at.timestamp() * 1_000_000) * 1000
-    context = ResourceContext.of(resource)
-    candidate = Candidate((0, 0, 0), record, context)
     try:
-        candidate.doc = normalize_record(record, context, received_ns, policy)
-    except RecordError as exc:
-        return exc.message
-    prepared = prepare([candidate], catalogs, received_ns)
+        candidates = normalize_request(decode_protobuf(body, policy.max_depth), received_ns, policy)
+    except BadRequest as exc:
+        return str(exc.message)
+    prepared = prepare(candidates, catalogs, received_ns)
     if prepared.rejects:
         return "; ".join(prepared.rejects[0].reasons)
-    assert candidate.doc is not None
-    return str(candidate.doc["id"]), prepared
+    doc = candidates[0].doc
+    assert doc is not None
+    return str(doc["id"]), prepared

@@ -1,14 +1,15 @@
-"""OTLP LogRecords to normalized audit events (contract.md, "the normalized event").
+"""Decoded OTLP records to normalized audit events (contract.md, "the normalized event").
 
-Plain functions over plain data: no sockets, no database. A record that cannot become
-an event raises RecordError with a message naming the attribute and the problem; the
-pipeline turns that into a per-record reject.
+Plain functions over plain data (``otlp_model``): no protobuf objects, no sockets, no
+database. A record that cannot become an event raises RecordError with a message naming
+the attribute and the problem; the pipeline turns that into a per-record reject.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import math
 import uuid
 from collections.abc import Iterator
@@ -16,14 +17,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-
 from otaudit_collector.core.errors import RecordError
-from otaudit_collector.core.otlp_json import DecodedRequest, RecordPath
+from otaudit_collector.core.otlp_model import Attributes, DecodedRequest, Record, RecordPath, encode_record, encode_resource
 
-__all__ = ["Policy", "Candidate", "normalize_request", "normalize_record", "ResourceContext", "iso_from_ns"]
+__all__ = [
+    "Policy",
+    "Candidate",
+    "normalize_request",
+    "normalize_record",
+    "ResourceContext",
+    "iso_from_ns",
+    "derived_id",
+    "storable",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,31 +46,30 @@ class Policy:
 
 @dataclass(slots=True)
 class ResourceContext:
-    """What a ResourceLogs contributes to each of its records."""
+    """What a resource contributes to each of its records."""
 
-    resource: Resource
+    resource_bytes: bytes | None
+    attributes: Attributes
     service: str | None = None
     instance: str | None = None
     tenant: str | None = None
-    _serialized: bytes | None = field(default=None, repr=False)
 
     @classmethod
-    def of(cls, resource: Resource) -> ResourceContext:
-        ctx = cls(resource)
-        for kv in resource.attributes:
-            key = kv.key
+    def of(cls, resource_bytes: bytes | None, attributes: Attributes) -> ResourceContext:
+        ctx = cls(resource_bytes, attributes)
+        for key, value in attributes:
+            text = value if isinstance(value, str) else (str(value) if type(value) is int else None)
             if key == "service.name":
-                ctx.service = _scalar_text(kv.value)
+                ctx.service = text or None
             elif key == "service.instance.id":
-                ctx.instance = _scalar_text(kv.value)
+                ctx.instance = text or None
             elif key == "audit.tenant.id":
-                ctx.tenant = _scalar_text(kv.value)
+                ctx.tenant = text or None
         return ctx
 
-    def serialized(self) -> bytes:
-        if self._serialized is None:
-            self._serialized = self.resource.SerializeToString(deterministic=True)
-        return self._serialized
+    def encoded(self) -> bytes:
+        """The resource's protobuf bytes, for the quarantine."""
+        return encode_resource(self.resource_bytes, self.attributes)
 
 
 @dataclass(slots=True)
@@ -72,7 +77,7 @@ class Candidate:
     """One record of a request on its way to storage or quarantine."""
 
     path: RecordPath
-    record: LogRecord
+    record: Record | None  # None when the record could not be decoded
     context: ResourceContext
     doc: dict[str, Any] | None = None
     errors: list[str] = field(default_factory=list)
@@ -81,98 +86,114 @@ class Candidate:
     def event(self) -> str:
         if self.doc is not None:
             return str(self.doc.get("event", ""))
-        return self.record.event_name
+        return self.record[3] if self.record is not None else ""
+
+    def record_bytes(self) -> bytes:
+        return encode_record(self.record) if self.record is not None else b""
 
 
 def normalize_request(decoded: DecodedRequest, received_ns: int, policy: Policy) -> list[Candidate]:
     """Normalize every record of a decoded request, keeping each record's position."""
     out: list[Candidate] = []
-    for i, rl in enumerate(decoded.message.resource_logs):
-        ctx = ResourceContext.of(rl.resource)
-        for j, sl in enumerate(rl.scope_logs):
-            for k, record in enumerate(sl.log_records):
+    for i, (resource_bytes, resource_attributes, scopes) in enumerate(decoded):
+        ctx = ResourceContext.of(resource_bytes, resource_attributes)
+        for j, records in enumerate(scopes):
+            for k, record in enumerate(records):
+                if isinstance(record, str):
+                    out.append(Candidate((i, j, k), None, ctx, errors=[record]))
+                    continue
                 cand = Candidate((i, j, k), record, ctx)
-                broken = decoded.broken.get((i, j, k)) if decoded.broken else None
-                if broken is not None:
-                    cand.errors.append(broken)
-                else:
-                    try:
-                        cand.doc = normalize_record(record, ctx, received_ns, policy)
-                    except RecordError as exc:
-                        cand.errors.append(exc.message)
+                try:
+                    cand.doc = normalize_record(record, ctx, received_ns, policy)
+                except RecordError as exc:
+                    cand.errors.append(exc.message)
                 out.append(cand)
     return out
 
 
-# Attributes of the contract and where they go in the document. Anything else is kept
-# under "attributes" (or "details" for audit.details.* keys), so nothing sent is lost.
-_ACTOR = {"audit.actor.type": "type", "user.id": "id", "user.email": "email", "user.name": "name"}
-_TARGET = {"audit.target.type": "type", "audit.target.id": "id", "audit.target.name": "name"}
-_CLIENT = {"client.address": "address", "user_agent.original": "user_agent", "session.id": "session_id"}
-_TOP = {"audit.category": "category", "audit.outcome": "outcome", "audit.reason": "reason"}
+# Text attributes of the contract and where each goes: (part, field). Parts: 0 the actor,
+# 1 the target, 2 the client, 3 the document itself, 4 id and tenant (placed after).
+_TEXT: dict[str, tuple[int, str]] = {
+    "audit.actor.type": (0, "type"),
+    "user.id": (0, "id"),
+    "user.email": (0, "email"),
+    "user.name": (0, "name"),
+    "audit.target.type": (1, "type"),
+    "audit.target.id": (1, "id"),
+    "audit.target.name": (1, "name"),
+    "client.address": (2, "address"),
+    "user_agent.original": (2, "user_agent"),
+    "session.id": (2, "session_id"),
+    "audit.category": (3, "category"),
+    "audit.outcome": (3, "outcome"),
+    "audit.reason": (3, "reason"),
+    "log.record.uid": (4, "id"),
+    "audit.tenant.id": (4, "tenant"),
+}
 _DETAILS_PREFIX = "audit.details."
 
 
-def normalize_record(record: LogRecord, ctx: ResourceContext, received_ns: int, policy: Policy) -> dict[str, Any]:
+def normalize_record(record: Record, ctx: ResourceContext, received_ns: int, policy: Policy) -> dict[str, Any]:
     """Build the normalized event document for one record."""
-    if len(record.attributes) > policy.max_attributes:
-        raise RecordError(f"the record has {len(record.attributes)} attributes; at most {policy.max_attributes} are accepted")
-    doc: dict[str, Any] = {}
-    flags: list[str] = []
+    _raw, time_ns, observed_ns, event_name, trace_id, span_id, body, attributes, dropped, _flags = record
+    if len(attributes) > policy.max_attributes:
+        raise RecordError(f"the record has {len(attributes)} attributes; at most {policy.max_attributes} are accepted")
+    limit = policy.max_string_length
     actor: dict[str, Any] = {}
-    uid: str | None = None
-    tenant: str | None = None
+    target: dict[str, Any] = {}
+    client: dict[str, Any] = {}
+    doc: dict[str, Any] = {}
+    meta: dict[str, str] = {}
+    parts = (actor, target, client, doc, meta)
     details: dict[str, Any] | None = None
     extra: dict[str, Any] | None = None
-    for kv in record.attributes:
-        key = kv.key
-        if key in _ACTOR:
-            actor[_ACTOR[key]] = _text(key, kv.value, policy)
-        elif key in _TARGET:
-            doc.setdefault("target", {})[_TARGET[key]] = _text(key, kv.value, policy)
-        elif key in _CLIENT:
-            doc.setdefault("client", {})[_CLIENT[key]] = _text(key, kv.value, policy)
-        elif key in _TOP:
-            doc[_TOP[key]] = _text(key, kv.value, policy)
-        elif key == "log.record.uid":
-            uid = _text(key, kv.value, policy)
-        elif key == "audit.tenant.id":
-            tenant = _text(key, kv.value, policy)
+    sequence: int | None = None
+    for key, value in attributes:
+        slot = _TEXT.get(key)
+        if slot is not None:
+            parts[slot[0]][slot[1]] = value if type(value) is str and len(value) <= limit else _text(key, value, limit)
         elif key == "user.roles":
-            actor["roles"] = _roles(kv.value, policy)
+            actor["roles"] = _roles(value)
         elif key == "audit.changes":
-            doc["changes"] = _changes(_value(key, kv.value, policy, 0))
+            doc["changes"] = _changes(value)
         elif key == "audit.details":
-            value = _value(key, kv.value, policy, 0)
             if not isinstance(value, dict):
                 raise RecordError(f"attribute 'audit.details' must be a map (kvlist), got {_kind(value)}")
             details = {**value, **(details or {})}
         elif key == "audit.sequence":
-            doc["_sequence"] = _sequence(kv.value)
+            if type(value) is not int or value < 0:
+                raise RecordError("attribute 'audit.sequence' must be a non-negative integer")
+            sequence = value
         elif key.startswith(_DETAILS_PREFIX):
             details = details if details is not None else {}
-            details[key[len(_DETAILS_PREFIX) :]] = _value(key, kv.value, policy, 0)
+            details[key[len(_DETAILS_PREFIX) :]] = value
         else:
             extra = extra if extra is not None else {}
-            extra[key] = _value(key, kv.value, policy, 0)
+            extra[key] = value
 
-    event = record.event_name
+    flags: list[str] = []
+    event = event_name
     if not event and extra and isinstance(extra.get("event.name"), str):
         event = extra.pop("event.name")  # the attribute older OTel SDKs used before LogRecord.event_name
     if not event:
         raise RecordError("the record has no event name: set LogRecord.event_name to the event's name in its catalog")
     doc["event"] = event
+    uid = meta.get("id")
     if uid is None:
         uid = derived_id(ctx, record)
         flags.append("derived_id")
     doc["id"] = uid
-    tenant = tenant or ctx.tenant or policy.default_tenant
+    tenant = meta.get("tenant") or ctx.tenant or policy.default_tenant
     if not tenant:
         raise RecordError("the record names no tenant: set the attribute 'audit.tenant.id' on the record or its resource")
     doc["tenant"] = tenant
-    doc["occurred_at"] = _occurred_at(record, received_ns, policy, doc, flags)
+    doc["occurred_at"] = _occurred_at(time_ns, observed_ns, received_ns, policy, doc, flags)
     doc.setdefault("outcome", "success")
     doc["actor"] = actor
+    if target:
+        doc["target"] = target
+    if client:
+        doc["client"] = client
     if details is not None:
         doc["details"] = details
     source: dict[str, Any] = {}
@@ -180,49 +201,53 @@ def normalize_record(record: LogRecord, ctx: ResourceContext, received_ns: int, 
         source["service"] = ctx.service
     if ctx.instance:
         source["instance"] = ctx.instance
-    sequence = doc.pop("_sequence", None)
     if sequence is not None:
         source["sequence"] = sequence
     doc["source"] = source
-    if record.trace_id and any(record.trace_id):
-        trace = {"trace_id": record.trace_id.hex()}
-        if record.span_id and any(record.span_id):
-            trace["span_id"] = record.span_id.hex()
+    if trace_id and any(trace_id):
+        trace = {"trace_id": trace_id.hex()}
+        if span_id and any(span_id):
+            trace["span_id"] = span_id.hex()
         doc["trace"] = trace
-    if record.HasField("body"):
-        body = _value("body", record.body, policy, 0)
-        if isinstance(body, str):
-            if body:
-                doc["message"] = body
-        elif body is not None:
-            extra = extra if extra is not None else {}
-            extra["log.body"] = body
+    if isinstance(body, str):
+        if body:
+            doc["message"] = body
+    elif body is not None:
+        extra = extra if extra is not None else {}
+        extra["log.body"] = body
     if extra:
         doc["attributes"] = extra
-    if record.dropped_attributes_count:
+    if dropped:
         flags.append("attributes_dropped")
     if flags:
         doc["flags"] = flags
     return doc
 
 
-def derived_id(ctx: ResourceContext, record: LogRecord) -> str:
+def derived_id(ctx: ResourceContext, record: Record) -> str:
     """A stable id for a record that carries no ``log.record.uid``.
 
-    The same record from the same resource always gets the same id, so a retried request
-    stores nothing twice. It is a version-8 (custom) UUID over SHA-256 of both.
+    A digest of what the record says (and of its resource), not of its bytes: the same
+    record gets the same id whether it came as protobuf or JSON, so a retried request
+    stores nothing twice. It is a version-8 (custom) UUID over SHA-256.
     """
-    digest = hashlib.sha256(ctx.serialized() + b"\x00" + record.SerializeToString(deterministic=True)).digest()
-    raw = bytearray(digest[:16])
+    content = json.dumps([ctx.attributes, record[1:]], default=_bytes_as_text, ensure_ascii=False, separators=(",", ":"))
+    raw = bytearray(hashlib.sha256(content.encode("utf-8", "surrogatepass")).digest()[:16])
     raw[6] = (raw[6] & 0x0F) | 0x80
     raw[8] = (raw[8] & 0x3F) | 0x80
     return str(uuid.UUID(bytes=bytes(raw)))
 
 
-def _occurred_at(record: LogRecord, received_ns: int, policy: Policy, doc: dict[str, Any], flags: list[str]) -> str:
-    ns = record.time_unix_nano
+def _bytes_as_text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return "b64:" + base64.b64encode(value).decode("ascii")
+    raise TypeError(f"unexpected {type(value).__name__} in a decoded record")
+
+
+def _occurred_at(time_ns: int, observed_ns: int, received_ns: int, policy: Policy, doc: dict[str, Any], flags: list[str]) -> str:
+    ns = time_ns
     if not ns:
-        ns = record.observed_time_unix_nano
+        ns = observed_ns
         if ns:
             flags.append("time_from_observed")
         else:
@@ -252,67 +277,42 @@ def iso_from_ns(ns: int) -> str:
     return f"{prefix}.{rest // 1000:06d}Z"
 
 
-def _value(key: str, v: AnyValue, policy: Policy, depth: int) -> Any:
-    kind = v.WhichOneof("value")
-    if kind == "string_value":
-        s = v.string_value
-        if len(s) > policy.max_string_length:
-            raise RecordError(
-                f"attribute '{key}' holds a string of {len(s)} characters; at most {policy.max_string_length} are accepted"
-            )
-        return s
-    if kind in {"int_value", "bool_value"}:
-        return getattr(v, kind)
-    if kind == "double_value":
-        d = v.double_value
-        return d if math.isfinite(d) else ("NaN" if math.isnan(d) else ("Infinity" if d > 0 else "-Infinity"))
-    if depth >= policy.max_depth:
-        raise RecordError(f"attribute '{key}' nests maps or arrays deeper than {policy.max_depth} levels")
-    if kind == "kvlist_value":
-        return {item.key: _value(key, item.value, policy, depth + 1) for item in v.kvlist_value.values}
-    if kind == "array_value":
-        return [_value(key, item, policy, depth + 1) for item in v.array_value.values]
-    if kind == "bytes_value":
-        return base64.b64encode(v.bytes_value).decode("ascii")
-    return None
+def storable(value: Any) -> Any:
+    """A decoded value made storable as JSON: bytes as base64, non-finite doubles as text.
+
+    Normalization leaves values as decoded; ``prepare`` calls this only for the rare
+    event that JSON cannot hold as it is.
+    """
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is float:
+        return value if math.isfinite(value) else ("NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity"))
+    if kind is dict:
+        return {k: storable(v) for k, v in value.items()}
+    if kind is list:
+        return [storable(v) for v in value]
+    if kind is bytes:
+        return base64.b64encode(value).decode("ascii")
+    raise RecordError(f"unexpected value of type {kind.__name__}")
 
 
-def _text(key: str, v: AnyValue, policy: Policy) -> str:
-    kind = v.WhichOneof("value")
-    if kind == "string_value":
-        s = v.string_value
-        if len(s) > policy.max_string_length:
-            raise RecordError(
-                f"attribute '{key}' holds a string of {len(s)} characters; at most {policy.max_string_length} are accepted"
-            )
-        return s
-    if kind == "int_value":
-        return str(v.int_value)
-    raise RecordError(f"attribute '{key}' must be a string, got {_kind_of(kind)}")
+def _text(key: str, value: Any, limit: int) -> str:
+    if type(value) is str:
+        if len(value) > limit:
+            raise RecordError(f"attribute '{key}' holds a string of {len(value)} characters; at most {limit} are accepted")
+        return value
+    if type(value) is int:
+        return str(value)
+    raise RecordError(f"attribute '{key}' must be a string, got {_kind(value)}")
 
 
-def _scalar_text(v: AnyValue) -> str | None:
-    kind = v.WhichOneof("value")
-    if kind == "string_value":
-        return v.string_value or None
-    if kind == "int_value":
-        return str(v.int_value)
-    return None
-
-
-def _roles(v: AnyValue, policy: Policy) -> list[str]:
-    value = _value("user.roles", v, policy, 0)
+def _roles(value: Any) -> list[str]:
     if isinstance(value, str):
         return [value]
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         return value
     raise RecordError("attribute 'user.roles' must be an array of strings")
-
-
-def _sequence(v: AnyValue) -> int:
-    if v.WhichOneof("value") != "int_value" or v.int_value < 0:
-        raise RecordError("attribute 'audit.sequence' must be a non-negative integer")
-    return v.int_value
 
 
 def _changes(value: Any) -> list[Any]:
@@ -329,21 +329,9 @@ def _changes(value: Any) -> list[Any]:
     raise RecordError(f"attribute 'audit.changes' must be an array of {{field, old, new}} maps, got {_kind(value)}")
 
 
-def _kind_of(kind: str | None) -> str:
-    return {
-        None: "an empty value",
-        "bool_value": "a boolean",
-        "double_value": "a double",
-        "array_value": "an array",
-        "kvlist_value": "a map",
-        "bytes_value": "bytes",
-    }.get(kind, kind or "")
-
-
 def _kind(value: Any) -> str:
-    return {dict: "a map", list: "an array", str: "a string", bool: "a boolean", int: "an integer", float: "a double"}.get(
-        type(value), "an empty value"
-    )
+    names = {dict: "a map", list: "an array", str: "a string", bool: "a boolean", int: "an integer", float: "a double"}
+    return names.get(type(value), "bytes" if isinstance(value, bytes) else "an empty value")
 
 
 def iter_strings(value: Any) -> Iterator[str]:

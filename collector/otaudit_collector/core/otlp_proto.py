@@ -1,78 +1,161 @@
-"""OTLP/protobuf request bodies to the request message.
+"""OTLP/protobuf request bodies to plain data (``otlp_model``).
 
-The fast path is one parse of the whole body. When that fails, the body is walked at
-the wire level down to each LogRecord so that one undecodable record (invalid UTF-8 in
-a string, values nested past the parser's limit) is rejected on its own and the rest of
-the batch is kept. A body whose outer structure is broken is a BadRequest.
+The C extension ``_otlp_decode`` reads the wire format straight into Python objects; it
+is built when the collector is installed with a C compiler at hand. Without it, the
+request is parsed with the protobuf runtime (upb) and walked in Python: the same result,
+several times slower. Both reject one undecodable record (invalid UTF-8 in a string,
+values nested too deeply, bytes truncated) on its own and keep the rest of the batch;
+a request whose outer structure is broken is a BadRequest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from google.protobuf.message import DecodeError, Message
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.logs.v1.logs_pb2 import ScopeLogs
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from otaudit_collector.core.errors import BadRequest
-from otaudit_collector.core.otlp_json import DecodedRequest
+from otaudit_collector.core.otlp_model import Attributes, DecodedRequest, Record, ResourceData
 
-__all__ = ["decode_protobuf"]
+__all__ = ["decode_protobuf", "decode_protobuf_python", "COMPILED"]
 
-_WIRE_VARINT, _WIRE_I64, _WIRE_LEN, _WIRE_I32 = 0, 1, 2, 5
+_compiled: Callable[[bytes, int], DecodedRequest] | None
+try:
+    from otaudit_collector.core._otlp_decode import decode_logs_request
+except ImportError:  # no compiler when the collector was installed: the Python decoder serves
+    _compiled = None
+else:
+    _compiled = decode_logs_request
 
+COMPILED = _compiled is not None
+"""Whether the compiled decoder is in use."""
+
+_INVALID = "request body is not a valid OTLP protobuf ExportLogsServiceRequest"
 _RECORD_UNDECODABLE = (
-    "the LogRecord could not be decoded: a string field holds invalid UTF-8, values are "
-    "nested deeper than the protobuf parser allows, or the record's bytes are truncated"
+    "the LogRecord could not be decoded: a string field holds invalid UTF-8, values are nested deeper than "
+    "the protobuf parser allows, or its bytes are truncated or malformed"
 )
 
 
-def decode_protobuf(body: bytes) -> DecodedRequest:
-    """Decode an OTLP/protobuf ``ExportLogsServiceRequest`` body."""
+def decode_protobuf(body: bytes, max_depth: int) -> DecodedRequest:
+    """Decode an OTLP/protobuf ``ExportLogsServiceRequest``; maps and arrays may nest ``max_depth`` levels."""
+    if _compiled is not None:
+        try:
+            return _compiled(body, max_depth)
+        except ValueError as exc:
+            raise BadRequest(f"{_INVALID}: {exc}") from None
+    return decode_protobuf_python(body, max_depth)
+
+
+def decode_protobuf_python(body: bytes, max_depth: int) -> DecodedRequest:
+    """The decoder in Python over the protobuf runtime: the fallback, and the compiled one's oracle."""
     try:
-        return DecodedRequest(ExportLogsServiceRequest.FromString(body))
+        message = ExportLogsServiceRequest.FromString(body)
     except DecodeError:
-        return _salvage(body)
+        return _salvage(body, max_depth)
+    return [
+        _resource(i, rl, [[_record(r, max_depth) for r in sl.log_records] for sl in rl.scope_logs], max_depth)
+        for i, rl in enumerate(message.resource_logs)
+    ]
 
 
-def _salvage(body: bytes) -> DecodedRequest:
-    out = DecodedRequest(ExportLogsServiceRequest())
+class _TooDeep(Exception):
+    pass
+
+
+def _resource(index: int, rl: ResourceLogs, scopes: list[list[Record | str]], max_depth: int) -> ResourceData:
     try:
-        for i, rl_bytes in enumerate(_submessages(body, 1, "ExportLogsServiceRequest")):
-            rl = out.message.resource_logs.add()
-            j = 0
-            for number, value in _fields(rl_bytes, "ResourceLogs"):
-                if number == 1 and isinstance(value, bytes):
-                    _parse_into(rl.resource, value, f"resource_logs[{i}].resource")
-                elif number == 2 and isinstance(value, bytes):
-                    _salvage_scope(out, rl.scope_logs.add(), value, (i, j))
-                    j += 1
-                elif number == 3 and isinstance(value, bytes):
-                    rl.schema_url = _utf8(value, f"resource_logs[{i}].schema_url")
-    except _WireError as exc:
-        raise BadRequest(f"request body is not a valid OTLP protobuf ExportLogsServiceRequest: {exc}") from None
-    return out
+        attributes = _attributes(rl.resource.attributes, max_depth)
+    except _TooDeep as exc:
+        raise BadRequest(f"{_INVALID}: resource_logs[{index}].resource: {exc}") from None
+    return (rl.resource.SerializeToString() if rl.HasField("resource") else b"", attributes, scopes)
 
 
-def _salvage_scope(out: DecodedRequest, sl: ScopeLogs, data: bytes, where: tuple[int, int]) -> None:
-    k = 0
-    for number, value in _fields(data, "ScopeLogs"):
-        if number == 1 and isinstance(value, bytes):
-            _parse_into(sl.scope, value, f"resource_logs[{where[0]}].scope_logs[{where[1]}].scope")
-        elif number == 2 and isinstance(value, bytes):
-            record = sl.log_records.add()
-            try:
-                record.ParseFromString(value)
-            except DecodeError:
-                record.Clear()
-                out.broken[(where[0], where[1], k)] = _RECORD_UNDECODABLE
-            k += 1
-        elif number == 3 and isinstance(value, bytes):
-            sl.schema_url = _utf8(value, f"resource_logs[{where[0]}].scope_logs[{where[1]}].schema_url")
+def _record(record: LogRecord, max_depth: int) -> Record | str:
+    try:
+        attributes = _attributes(record.attributes, max_depth)
+        body = _value(record.body, 0, max_depth) if record.HasField("body") else None
+    except _TooDeep as exc:
+        return str(exc)
+    return (
+        record.SerializeToString(),
+        record.time_unix_nano,
+        record.observed_time_unix_nano,
+        record.event_name,
+        record.trace_id,
+        record.span_id,
+        body,
+        attributes,
+        record.dropped_attributes_count,
+        record.flags,
+    )
+
+
+def _attributes(items: Any, max_depth: int) -> Attributes:
+    return [(kv.key, _value(kv.value, 0, max_depth)) for kv in items]
+
+
+def _value(v: AnyValue, depth: int, max_depth: int) -> Any:
+    kind = v.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind in {"kvlist_value", "array_value"}:
+        if depth >= max_depth:
+            raise _TooDeep(f"values are nested deeper than {max_depth} levels")
+        if kind == "kvlist_value":
+            return {kv.key: _value(kv.value, depth + 1, max_depth) for kv in v.kvlist_value.values}
+        return [_value(item, depth + 1, max_depth) for item in v.array_value.values]
+    return getattr(v, kind)
+
+
+# -- salvage: the request did not parse as a whole --------------------------------------
+
+_WIRE_VARINT, _WIRE_I64, _WIRE_LEN, _WIRE_I32 = 0, 1, 2, 5
 
 
 class _WireError(Exception):
     pass
+
+
+def _salvage(body: bytes, max_depth: int) -> DecodedRequest:
+    out: DecodedRequest = []
+    try:
+        for i, rl_bytes in enumerate(_submessages(body, 1, "ExportLogsServiceRequest")):
+            resource = Resource()
+            scopes: list[list[Record | str]] = []
+            for number, value in _fields(rl_bytes, f"resource_logs[{i}]"):
+                if number == 1 and isinstance(value, bytes):
+                    _parse_into(resource, value, f"resource_logs[{i}].resource")
+                elif number == 2 and isinstance(value, bytes):
+                    scopes.append(_salvage_scope(value, f"resource_logs[{i}].scope_logs[{len(scopes)}]", max_depth))
+            rl = ResourceLogs(resource=resource)
+            out.append(_resource(i, rl, scopes, max_depth))
+    except _WireError as exc:
+        raise BadRequest(f"{_INVALID}: {exc}") from None
+    return out
+
+
+def _salvage_scope(data: bytes, where: str, max_depth: int) -> list[Record | str]:
+    records: list[Record | str] = []
+    for number, value in _fields(data, where):
+        if number == 2 and isinstance(value, bytes):
+            try:
+                records.append(_record(LogRecord.FromString(value), max_depth))
+            except DecodeError:
+                records.append(_RECORD_UNDECODABLE)
+        elif number == 1 and isinstance(value, bytes):
+            _parse_into(InstrumentationScope(), value, f"{where}.scope")
+        elif number == 3 and isinstance(value, bytes):
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise _WireError(f"{where}.schema_url is not valid UTF-8") from None
+    return records
 
 
 def _parse_into(message: Message, data: bytes, where: str) -> None:
@@ -80,13 +163,6 @@ def _parse_into(message: Message, data: bytes, where: str) -> None:
         message.ParseFromString(data)
     except DecodeError:
         raise _WireError(f"{where} could not be decoded") from None
-
-
-def _utf8(data: bytes, where: str) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise _WireError(f"{where} is not valid UTF-8") from None
 
 
 def _submessages(data: bytes, wanted: int, name: str) -> Iterator[bytes]:
@@ -109,17 +185,17 @@ def _fields(data: bytes, name: str) -> Iterator[tuple[int, bytes | int]]:
         elif wire == _WIRE_LEN:
             size, pos = _varint(data, pos, name)
             if pos + size > end:
-                raise _WireError(f"{name} field {number} claims {size} bytes but only {end - pos} remain (truncated)")
+                raise _WireError(f"{name}: field {number} claims {size} bytes but only {end - pos} remain (truncated)")
             yield number, data[pos : pos + size]
             pos += size
         elif wire in (_WIRE_I64, _WIRE_I32):
             width = 8 if wire == _WIRE_I64 else 4
             if pos + width > end:
-                raise _WireError(f"{name} field {number} is truncated")
+                raise _WireError(f"{name}: field {number} is truncated")
             yield number, int.from_bytes(data[pos : pos + width], "little")
             pos += width
         else:
-            raise _WireError(f"{name} field {number} has unsupported wire type {wire} at byte {pos}")
+            raise _WireError(f"{name}: field {number} has unsupported wire type {wire} at byte {pos}")
 
 
 def _varint(data: bytes, pos: int, name: str) -> tuple[int, int]:

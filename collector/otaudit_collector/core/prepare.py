@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from otaudit_collector.core.catalog import CatalogSet
-from otaudit_collector.core.normalize import Candidate, iso_from_ns, iter_strings
+from otaudit_collector.core.normalize import Candidate, iso_from_ns, iter_strings, storable
 
 __all__ = ["Prepared", "RejectRow", "prepare", "copy_text", "MAX_EVENT_BYTES", "EVENT_COLUMNS"]
 
@@ -84,7 +84,14 @@ def prepare(candidates: list[Candidate], catalogs: CatalogSet, received_ns: int)
         if doc is not None and not cand.errors:
             problems = catalogs.check(doc)
             if not problems:
-                line, problem = _line(doc, received)
+                try:
+                    text = _dumps(doc)
+                except (TypeError, ValueError):  # bytes or a non-finite double: make it storable, check again
+                    cand.doc = doc = storable(doc)
+                    problems = catalogs.check(doc)
+                    text = _dumps(doc)
+            if not problems:
+                line, problem = _line(doc, text, received)
                 if line is not None:
                     out.lines.append(line)
                     continue
@@ -106,8 +113,8 @@ def _describe(index: int, cand: Candidate) -> str:
 
 
 def _reject(cand: Candidate) -> RejectRow:
-    resource = cand.context.serialized()
-    record = cand.record.SerializeToString(deterministic=True)
+    resource = cand.context.encoded()
+    record = cand.record_bytes()
     doc = cand.doc or {}
     return RejectRow(
         tenant=doc.get("tenant") or cand.context.tenant,
@@ -132,8 +139,11 @@ def copy_text(value: str | None) -> str:
     return value
 
 
-def _line(doc: dict[str, Any], received: str) -> tuple[str | None, str]:
-    text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+def _dumps(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _line(doc: dict[str, Any], text: str, received: str) -> tuple[str | None, str]:
     if len(text) > MAX_EVENT_BYTES:
         return None, f"the event is {len(text)} characters as JSON; at most {MAX_EVENT_BYTES} are stored"
     if "\\u0000" in text and any("\x00" in s for s in iter_strings(doc)):

@@ -16,7 +16,6 @@ from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 
 from otaudit_collector.core.errors import IngestError, internal_error
-from otaudit_collector.core.otlp_proto import decode_protobuf
 from otaudit_collector.pipeline import Ingestor
 
 __all__ = ["create_grpc_server", "error_trailers"]
@@ -47,7 +46,7 @@ def error_trailers(err: IngestError) -> tuple[tuple[str, bytes], ...]:
 def _handler(ingestor: Ingestor):  # type: ignore[no-untyped-def]
     async def export(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         try:
-            result = await ingestor.export(decode_protobuf(request))
+            result = await ingestor.export(request)
         except IngestError as err:
             await context.abort(err.status.grpc_code, err.message, trailing_metadata=error_trailers(err))
             raise  # unreachable: abort raises

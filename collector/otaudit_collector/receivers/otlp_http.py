@@ -19,8 +19,6 @@ from google.rpc import status_pb2
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 
 from otaudit_collector.core.errors import BadRequest, IngestError, PayloadTooLarge, UnsupportedMediaType, internal_error
-from otaudit_collector.core.otlp_json import decode_json
-from otaudit_collector.core.otlp_proto import decode_protobuf
 from otaudit_collector.pipeline import ExportResult, Ingestor
 
 __all__ = ["create_http_app", "PROTOBUF", "JSON"]
@@ -50,8 +48,7 @@ async def _logs(request: web.Request) -> web.StreamResponse:
         if encoding not in _ENCODINGS:
             raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported: send gzip or no encoding")
         body = await _read(request, encoding)
-        decoded = decode_json(body) if as_json else decode_protobuf(body)
-        result = await request.app[_INGESTOR].export(decoded)
+        result = await request.app[_INGESTOR].export(body, as_json=as_json)
     except IngestError as err:
         return _error(err, as_json)
     except Exception:
