@@ -7,7 +7,9 @@ names another. Each test gets a fresh database cloned from a migrated template.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,19 +29,23 @@ TEMPLATE = f"otaudit_template_{os.getpid()}"
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_server() -> Iterator[str]:
     """Conninfo of a PostgreSQL server's maintenance database."""
     url = os.environ.get("OTAUDIT_TEST_DATABASE_URL")
     if url:
         yield url
         return
-    import pgserver
+    from pgserver.postgres_server import get_server
 
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    # Not under pytest's tmp_path: pytest prunes old temp roots, and a second pytest run
+    # on the same machine would delete this server's data directory from under it.
+    folder = Path(tempfile.mkdtemp(prefix="otaudit-test-pg-"))
+    server = get_server(folder, cleanup_mode="delete")
     try:
         yield server.get_uri()
     finally:
         server.cleanup()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
