@@ -37,12 +37,10 @@ class Endpoints:
 
 
 def catalog_dirs(settings: Settings) -> list[Path]:
-    dirs: list[Path] = []
-    if settings.get("catalogs", "bundled"):
-        dirs.extend(bundled_catalog_dirs(settings.get("catalogs", "packs")))
-    for folder in settings.get("catalogs", "dirs"):
-        path = Path(folder).expanduser()
-        dirs.append(path if path.is_absolute() else settings.base_dir / path)
+    """The catalog folders to load, in order: bundled defaults, bundled packs, the operator's own."""
+    catalogs = settings.get("catalogs")
+    dirs = bundled_catalog_dirs(catalogs["packs"], defaults=catalogs["bundled"])
+    dirs.extend(Path(folder) for folder in catalogs["dirs"])  # made absolute by the configuration loader
     if not dirs:
         raise CatalogError([])
     return dirs

@@ -26,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--config", metavar="FILE", help="YAML configuration file (OTAUDIT_CONFIG)")
         p.add_argument("--data-dir", metavar="DIR", help="where the embedded PostgreSQL keeps its files (OTAUDIT_DATA_DIR)")
-        p.add_argument("--database-url", metavar="URL", help="PostgreSQL URL; none starts the embedded server (OTAUDIT_DATABASE_URL)")
+        p.add_argument(
+            "--database-url", metavar="URL", help="PostgreSQL URL; none starts the embedded server (OTAUDIT_DATABASE_URL)"
+        )
         return p
 
     serve = with_config(commands.add_parser("serve", help="run the collector"))
@@ -38,11 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     with_config(commands.add_parser("migrate", help="apply database migrations"))
 
-    catalog = commands.add_parser("catalog", help="work with event catalogs").add_subparsers(dest="action", required=True, metavar="ACTION")
+    catalog = commands.add_parser("catalog", help="work with event catalogs").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
     lint = with_config(catalog.add_parser("lint", help="check catalog folders and report every problem"))
     lint.add_argument("dirs", nargs="*", metavar="DIR", help="catalog folders (default: those the configuration loads)")
 
-    rejects = commands.add_parser("rejects", help="inspect and replay quarantined records").add_subparsers(dest="action", required=True, metavar="ACTION")
+    rejects = commands.add_parser("rejects", help="inspect and replay quarantined records").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
     listing = with_config(rejects.add_parser("list", help="list quarantined records"))
     listing.add_argument("--tenant", help="only this tenant's")
     listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
@@ -84,13 +90,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             settings = _settings(args)
             if args.action == "list":
-                return rejects.list_command(settings, tenant=args.tenant, limit=args.limit, include_replayed=args.all, as_json=args.json)
+                return rejects.list_command(
+                    settings, tenant=args.tenant, limit=args.limit, include_replayed=args.all, as_json=args.json
+                )
             return rejects.replay_command(settings, ids=args.ids, dry_run=args.dry_run)
     except ConfigError as exc:
         print(f"otaudit: {exc}", file=sys.stderr)
         return 2
     except CatalogError as exc:
-        print(f"otaudit: refusing to start: {exc}", file=sys.stderr)
+        print(f"otaudit: {'refusing to start: ' if args.command == 'serve' else ''}{exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"otaudit: {exc}", file=sys.stderr)

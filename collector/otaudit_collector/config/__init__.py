@@ -8,6 +8,7 @@ against ``schema.json``; every problem is reported at once with its path.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,10 +46,16 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """The validated configuration. ``raw`` is the merged document, for sections read elsewhere."""
+    """The validated configuration. ``raw`` is the merged document, for sections read elsewhere.
+
+    Paths (``database.data_dir``, ``catalogs.dirs``) are absolute in ``raw``: those from
+    the config file were resolved against the file's folder, the others against the
+    working directory at load time.
+    """
 
     raw: Mapping[str, Any]
     source: str
+    config_dir: Path | None = None
 
     def get(self, *path: str) -> Any:
         node: Any = self.raw
@@ -58,10 +65,8 @@ class Settings:
 
     @property
     def base_dir(self) -> Path:
-        """Relative paths in a config file are relative to that file; otherwise to the working directory."""
-        if self.source.endswith((".yaml", ".yml", ".json")):
-            return Path(self.source).resolve().parent
-        return Path.cwd()
+        """The config file's folder, or the working directory when there is no file."""
+        return self.config_dir if self.config_dir is not None else Path.cwd()
 
     def path(self, *key: str) -> Path:
         value = Path(self.get(*key)).expanduser()
@@ -98,11 +103,59 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in over.items():
+        if value is None and isinstance(out.get(key), dict):
+            continue  # an empty section (every key commented out) changes nothing
         if isinstance(value, Mapping) and isinstance(out.get(key), dict) and key != "plans":
             out[key] = _merge(out[key], value)
         else:
             out[key] = value
     return out
+
+
+def _absolute(value: Any, base: Path) -> Any:
+    """``value`` as an absolute path string against ``base``; anything not a string is left to the schema."""
+    if not isinstance(value, str) or not value:
+        return value
+    return os.path.normpath(base / Path(value).expanduser())
+
+
+def _resolve_paths(doc: Mapping[str, Any], base: Path) -> None:
+    """Make the path settings in ``doc`` absolute against ``base``, in place (wrong types are left alone)."""
+    database = doc.get("database")
+    if isinstance(database, dict) and "data_dir" in database:
+        database["data_dir"] = _absolute(database["data_dir"], base)
+    catalogs = doc.get("catalogs")
+    if isinstance(catalogs, dict) and isinstance(catalogs.get("dirs"), list):
+        catalogs["dirs"] = [_absolute(d, base) for d in catalogs["dirs"]]
+
+
+def _problems(validator: jsonschema.Draft202012Validator, doc: Mapping[str, Any], origins: Mapping[str, str]) -> list[str]:
+    """Every schema violation in ``doc`` as ``path: message``; one line per unknown key."""
+    found: list[tuple[list[str], str]] = []
+    for error in validator.iter_errors(doc):
+        path = [str(p) for p in error.absolute_path]
+        schema = error.schema if isinstance(error.schema, Mapping) else {}
+        if (
+            error.validator == "additionalProperties"
+            and schema.get("additionalProperties") is False
+            and isinstance(error.instance, Mapping)
+        ):
+            known = list(schema.get("properties", {}))
+            what = "unknown section" if not path else "unknown key"
+            for key in error.instance:
+                if key not in known:
+                    found.append(([*path, str(key)], f"{what}; expected one of: {', '.join(known)}"))
+            continue
+        if "propertyNames" in error.relative_schema_path:
+            found.append(([*path, str(error.instance)], f"is not an allowed name: {error.message}"))
+            continue
+        found.append((path, error.message))
+    problems = []
+    for path, message in sorted(found):
+        where = ".".join(path) or "(top level)"
+        origin = origins.get(where)
+        problems.append(f"{where}: {message}" + (f" (set by {origin})" if origin else ""))
+    return problems
 
 
 def _set(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
@@ -120,31 +173,38 @@ def load_settings(
 ) -> Settings:
     """Merge defaults, file, environment and flag ``overrides`` (key path -> value), then validate."""
     environ = environ if environ is not None else {}
+    cwd = Path.cwd()
     doc = _read_yaml(default_config_path())
+    _resolve_paths(doc, cwd)
     source = "defaults"
+    config_dir: Path | None = None
     config_file = config_file or environ.get("OTAUDIT_CONFIG") or None
     if config_file:
-        path = Path(config_file)
-        doc = _merge(doc, _read_yaml(path))
+        path = Path(config_file).expanduser()
+        over = _read_yaml(path)
+        config_dir = path.resolve().parent
+        _resolve_paths(over, config_dir)
+        doc = _merge(doc, over)
         source = str(path)
     problems = []
+    origins: dict[str, str] = {}
     for name, (key, kind) in ENVIRONMENT.items():
         if name in environ and environ[name] != "":
             raw = environ[name]
             try:
-                _set(doc, key, kind(raw))
+                _set(doc, key, kind(raw.strip()))
             except ValueError:
                 problems.append(f"{name}: {raw!r} is not {'an integer' if kind is int else 'valid'}")
+            else:
+                origins[".".join(key)] = name
     for key, value in (overrides or {}).items():
         if value is not None:
             _set(doc, key, value)
-    validator = jsonschema.Draft202012Validator(_schema())
-    for error in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path))):
-        where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-        problems.append(f"{where}: {error.message}")
-    if not problems:
-        if doc["default_plan"] not in doc["plans"]:
-            problems.append(f"default_plan: '{doc['default_plan']}' is not one of the plans ({', '.join(doc['plans'])})")
+            origins[".".join(key)] = "the command line"
+    _resolve_paths(doc, cwd)  # environment and flags: relative to the working directory
+    problems.extend(_problems(jsonschema.Draft202012Validator(_schema()), doc, origins))
+    if not problems and doc["default_plan"] not in doc["plans"]:
+        problems.append(f"default_plan: '{doc['default_plan']}' is not one of the plans ({', '.join(doc['plans'])})")
     if problems:
         raise ConfigError(source, problems)
-    return Settings(doc, source)
+    return Settings(doc, source, config_dir)

@@ -11,6 +11,7 @@ is used where rich errors matter (linting).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -42,14 +43,16 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.file}: {self.path}: {self.message}"
+        return f"{self.file}: {self.path}: {self.message}" if self.path else f"{self.file}: {self.message}"
 
 
 class CatalogError(Exception):
     """The catalogs cannot be used; ``problems`` lists every reason with file and path."""
 
     def __init__(self, problems: Sequence[Problem]) -> None:
-        self.problems = list(problems)
+        self.problems = list(problems) or [
+            Problem("catalogs", "", "no catalog folder to load: set catalogs.bundled to true, or list folders in catalogs.dirs")
+        ]
         lines = "\n".join(f"  {p}" for p in self.problems)
         super().__init__(f"{len(self.problems)} problem(s) in the catalogs:\n{lines}")
 
@@ -94,8 +97,7 @@ class CatalogSet:
                 category = doc["category"] = owners[0]
             elif owners:
                 return [
-                    f"event '{event}' is defined in several categories ({', '.join(owners)}): "
-                    "set the attribute 'audit.category'"
+                    f"event '{event}' is defined in several categories ({', '.join(owners)}): set the attribute 'audit.category'"
                 ]
             else:
                 return [f"event '{event}' is in no loaded catalog, and the record sets no 'audit.category'"]
@@ -120,15 +122,17 @@ class CatalogSet:
         return problems or ["the event does not satisfy its schema"]
 
 
-def bundled_catalog_dirs(packs: Iterable[str] = ()) -> list[Path]:
-    """The bundled default catalogs, then the named example packs."""
+def bundled_catalog_dirs(packs: Iterable[str] = (), *, defaults: bool = True) -> list[Path]:
+    """The bundled default catalogs (unless ``defaults`` is false), then the named example packs."""
     root = bundled_dir("catalogs")
-    dirs = [root]
+    dirs = [root] if defaults else []
     for pack in packs:
         folder = root / "examples" / pack
         if not folder.is_dir():
             available = sorted(p.name for p in (root / "examples").iterdir() if p.is_dir())
-            raise CatalogError([Problem(str(folder), "", f"no bundled catalog pack '{pack}' (available: {', '.join(available)})")])
+            raise CatalogError(
+                [Problem(str(folder), "", f"no bundled catalog pack '{pack}' (available: {', '.join(available)})")]
+            )
         dirs.append(folder)
     return dirs
 
@@ -167,8 +171,8 @@ def lint_catalogs(dirs: Sequence[Path]) -> tuple[list[Problem], list[tuple[Path,
     meta_validator = jsonschema.Draft202012Validator(meta)
     problems: list[Problem] = []
     files: list[tuple[Path, dict[str, Any]]] = []
-    for folder in dirs:
-        folder = Path(folder)
+    for given in dirs:
+        folder = Path(given)
         if not folder.is_dir():
             problems.append(Problem(str(folder), "", "is not a folder"))
             continue
@@ -182,11 +186,35 @@ def lint_catalogs(dirs: Sequence[Path]) -> tuple[list[Problem], list[tuple[Path,
                 continue
             category = doc["category"]
             if category in seen:
-                problems.append(Problem(str(path), "$.category", f"category '{category}' is also defined in {seen[category].name}"))
+                problems.append(
+                    Problem(str(path), "$.category", f"category '{category}' is also defined in {seen[category].name}")
+                )
                 continue
             seen[category] = path
             files.append((path, doc))
     return problems, files
+
+
+_FRAGMENT_META_RICH = jsonschema.Draft202012Validator(jsonschema.Draft202012Validator.META_SCHEMA)
+
+
+@functools.cache
+def _fragment_meta() -> jsonschema_rs.Validator:
+    """The Draft 2020-12 meta-schema, compiled once."""
+    return jsonschema_rs.validator_for(jsonschema.Draft202012Validator.META_SCHEMA)
+
+
+def _outside_references(node: Any, at: str) -> Iterable[tuple[str, str]]:
+    """References in a fragment that do not point into the composed document (other files, URLs)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("$ref", "$dynamicRef") and isinstance(value, str) and not value.startswith("#"):
+                yield f"{at}['{key}']", value
+            else:
+                yield from _outside_references(value, f"{at}.{key}" if key.isidentifier() else f"{at}['{key}']")
+    elif isinstance(node, list):
+        for n, item in enumerate(node):
+            yield from _outside_references(item, f"{at}[{n}]")
 
 
 def _lint_file(
@@ -195,11 +223,14 @@ def _lint_file(
     name = str(path)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:  # a folder named *.json, no permission, removed meanwhile: a problem, not a crash
+        problems.append(Problem(name, "$", f"cannot be read: {exc.strerror or exc}"))
+        return None
     except UnicodeDecodeError as exc:
-        problems.append(Problem(name, "", f"is not UTF-8 text (byte {exc.start})"))
+        problems.append(Problem(name, "$", f"is not UTF-8 text (byte {exc.start})"))
         return None
     except json.JSONDecodeError as exc:
-        problems.append(Problem(name, "", f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"))
+        problems.append(Problem(name, "$", f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"))
         return None
     errors = sorted(meta_validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
     for error in errors:
@@ -212,12 +243,23 @@ def _lint_file(
     for event, spec in doc["events"].items():
         where = f"$.events['{event}']"
         composed = compose(envelope, spec["schema"])
-        for error in jsonschema.Draft202012Validator(jsonschema.Draft202012Validator.META_SCHEMA).iter_errors(spec["schema"]):
-            problems.append(Problem(name, f"{where}.schema{error.json_path[1:]}", f"not a valid JSON Schema: {error.message}"))
+        invalid = False
+        if not _fragment_meta().is_valid(spec["schema"]):  # the compiled check is fast; the rich one says where
+            for error in _FRAGMENT_META_RICH.iter_errors(spec["schema"]):
+                problems.append(
+                    Problem(name, f"{where}.schema{error.json_path[1:]}", f"not a valid JSON Schema: {error.message}")
+                )
+                invalid = True
+        for at, ref in _outside_references(spec["schema"], f"{where}.schema"):
+            problems.append(Problem(name, at, f"'{ref}' refers outside the envelope; only '#/$defs/...' references are allowed"))
+            invalid = True
+        if invalid:
+            continue  # compiling would report the same problem again, less clearly (or fetch a remote reference)
         try:
             compiled = jsonschema_rs.validator_for(composed, validate_formats=True)
         except (ValueError, jsonschema_rs.ReferencingError) as exc:
-            problems.append(Problem(name, f"{where}.schema", f"cannot be compiled: {exc}"))
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            problems.append(Problem(name, f"{where}.schema", f"cannot be compiled: {first_line}"))
             continue
         for n, example in enumerate(spec.get("examples", [])):
             if example.get("category") != doc["category"] or example.get("event") != event:
@@ -247,9 +289,9 @@ def load_catalogs(dirs: Sequence[Path]) -> CatalogSet:
         events = {}
         for event, spec in doc["events"].items():
             events[event] = EventDef(category_id, event, spec["description"], bool(spec.get("deprecated", False)))
-            validators[(category_id, event)] = jsonschema_rs.validator_for(compose(envelope, spec["schema"]), validate_formats=True)
+            validators[(category_id, event)] = jsonschema_rs.validator_for(
+                compose(envelope, spec["schema"]), validate_formats=True
+            )
             by_event.setdefault(event, []).append(category_id)
-        categories[category_id] = Category(
-            category_id, doc["title"], doc["description"], doc["version"], str(path), events
-        )
+        categories[category_id] = Category(category_id, doc["title"], doc["description"], doc["version"], str(path), events)
     return CatalogSet(categories, validators, by_event, fingerprint)
