@@ -3,12 +3,16 @@
 The canonical copies live at the repository root (catalogs/, config/) so that operators
 and reviewers find them there; the collector needs them installed beside its code so that
 `pip install ./collector && otaudit serve` works with no checkout at run time.
+
+Also builds the optional C decoder for OTLP/protobuf requests (``core/_otlp_decode.c``).
+It is optional: without a C compiler the install still succeeds and the collector uses
+the Python decoder (``otlp_proto.decode_protobuf_python``).
 """
 
 import shutil
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
@@ -26,4 +30,11 @@ class BuildWithBundledData(build_py):
             shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("*.md", "__pycache__"))
 
 
-setup(cmdclass={"build_py": BuildWithBundledData})
+OTLP_DECODE = Extension(
+    "otaudit_collector.core._otlp_decode",
+    ["otaudit_collector/core/_otlp_decode.c"],
+    optional=True,
+    extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra"],
+)
+
+setup(cmdclass={"build_py": BuildWithBundledData}, ext_modules=[OTLP_DECODE])
