@@ -39,7 +39,13 @@ class ControlledPostgres:
                 parent.chmod(parent.stat().st_mode | 0o011)
 
     def _run(self, *args: str) -> None:
-        subprocess.run([str(POSTGRES_BIN_PATH / args[0]), *args[1:]], check=True, user=self.user, capture_output=True, timeout=60)
+        command = [str(POSTGRES_BIN_PATH / args[0]), *args[1:]]
+        if self.user:
+            # runuser rather than subprocess's user=: that forces a plain fork() in this
+            # process full of gRPC threads, and the child then sometimes crashes in gRPC's
+            # fork handlers before it can exec.
+            command = ["runuser", "-u", self.user, "--", *command]
+        subprocess.run(command, check=True, capture_output=True, timeout=60)
 
     def init(self) -> ControlledPostgres:
         self.pgdata.mkdir()

@@ -94,3 +94,23 @@ def test_sequence_is_gap_free_in_commit_order_across_processes(db: str, tmp_path
     assert not violations, violations[:5]
     assert snapshots > 20
     assert_exactly_once(db, 6 * 40 * 25, tenants=3)
+
+
+def test_same_request_to_two_collectors_at_once_is_stored_once(db: str) -> None:
+    """A client that retried against another replica: both commit the same events concurrently."""
+    from support import settings_for
+
+    first, second = RunningCollector(settings_for(db)), RunningCollector(settings_for(db))
+    try:
+        bodies = batches(30, 40)
+        clients = [RetryingClient(c.grpc_target, bodies).start() for c in (first, second) for _ in range(2)]
+        for client in clients:
+            client.join()
+        assert all(c.acknowledged == len(bodies) for c in clients)
+        assert_exactly_once(db, 30 * 40)
+        writers = (first.collector.writer.stats, second.collector.writer.stats)
+        assert sum(w.events_written for w in writers) == 30 * 40
+        assert sum(w.duplicates for w in writers) == 3 * 30 * 40  # every copy beyond the first was recognized
+    finally:
+        first.stop()
+        second.stop()

@@ -130,9 +130,11 @@ def _salvage(body: bytes, max_depth: int) -> DecodedRequest:
             scopes: list[list[Record | str]] = []
             for number, value in _fields(rl_bytes, f"resource_logs[{i}]"):
                 if number == 1 and isinstance(value, bytes):
-                    _parse_into(resource, value, f"resource_logs[{i}].resource")
+                    _parse_into(resource, value, f"resource_logs[{i}].resource")  # merges, as protobuf does
                 elif number == 2 and isinstance(value, bytes):
                     scopes.append(_salvage_scope(value, f"resource_logs[{i}].scope_logs[{len(scopes)}]", max_depth))
+                elif number == 3 and isinstance(value, bytes):
+                    _check_utf8(value, f"resource_logs[{i}].schema_url")
             rl = ResourceLogs(resource=resource)
             out.append(_resource(i, rl, scopes, max_depth))
     except _WireError as exc:
@@ -151,16 +153,20 @@ def _salvage_scope(data: bytes, where: str, max_depth: int) -> list[Record | str
         elif number == 1 and isinstance(value, bytes):
             _parse_into(InstrumentationScope(), value, f"{where}.scope")
         elif number == 3 and isinstance(value, bytes):
-            try:
-                value.decode("utf-8")
-            except UnicodeDecodeError:
-                raise _WireError(f"{where}.schema_url is not valid UTF-8") from None
+            _check_utf8(value, f"{where}.schema_url")
     return records
+
+
+def _check_utf8(data: bytes, where: str) -> None:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _WireError(f"{where} is not valid UTF-8") from None
 
 
 def _parse_into(message: Message, data: bytes, where: str) -> None:
     try:
-        message.ParseFromString(data)
+        message.MergeFromString(data)
     except DecodeError:
         raise _WireError(f"{where} could not be decoded") from None
 

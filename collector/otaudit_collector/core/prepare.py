@@ -56,6 +56,7 @@ class RejectRow:
 @dataclass(slots=True)
 class Prepared:
     lines: list[str] = field(default_factory=list)
+    keys: list[tuple[str, str, str]] = field(default_factory=list)  # (tenant, id, occurred_at) of each line
     rejects: list[RejectRow] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
 
@@ -94,6 +95,7 @@ def prepare(candidates: list[Candidate], catalogs: CatalogSet, received_ns: int)
                 line, problem = _line(doc, text, received)
                 if line is not None:
                     out.lines.append(line)
+                    out.keys.append((doc["tenant"], doc["id"], doc["occurred_at"]))
                     continue
                 problems = [problem]
             cand.errors.extend(problems)

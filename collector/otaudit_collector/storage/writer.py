@@ -1,10 +1,18 @@
 """The writer: makes prepared batches durable, then lets their requests answer.
 
-Group commit: every request waiting when a transaction starts shares it. Accepted
-events are COPYed into a staging table and moved into ``events`` by one statement that
-drops the ids already stored (idempotence) and gives each tenant's new events the next
-numbers of its commit sequence. Rejected records go to ``rejects`` in the same
-transaction. Only after COMMIT returns are the requests answered.
+Group commit: every request waiting when a transaction starts shares it. For each group:
+
+1. drop ids repeated within the group, and look up which (tenant, id) pairs are
+   already stored (a primary-key probe per event: a retried request stores nothing twice);
+2. in one transaction: take each tenant's next commit-sequence numbers (the row lock on
+   ``tenant_seq`` is held until COMMIT, which orders commits per tenant across any number
+   of collectors), COPY the new events straight into ``events`` and their keys into
+   ``event_ids``, and insert the rejected records into ``rejects``;
+3. COMMIT, then answer every request of the group.
+
+If another collector stored one of the same events between steps 1 and 2 (a retried
+request that reached two collectors at once), ``event_ids``' primary key refuses the
+COPY, the transaction rolls back and the group is tried again.
 
 Bounded: at most ``max_pending_records`` wait; beyond that ``submit`` raises Overloaded.
 While the database is away, ``submit`` raises Unavailable at once and a background loop
@@ -18,6 +26,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import cast
 
 import psycopg
 from psycopg import errors as pgerrors
@@ -25,47 +34,21 @@ from psycopg import errors as pgerrors
 from otaudit_collector.core.errors import IngestError, Overloaded, Unavailable
 from otaudit_collector.core.prepare import EVENT_COLUMNS, Prepared
 
-__all__ = ["Writer", "WriterStats", "is_retryable", "MOVE_SQL", "STAGING_SQL"]
+__all__ = ["Writer", "WriterStats", "is_retryable"]
 
 log = logging.getLogger(__name__)
 
-STAGING_SQL = (
-    "CREATE TEMP TABLE IF NOT EXISTS incoming ("
-    " ord integer NOT NULL, tenant text NOT NULL, id text NOT NULL, occurred_at timestamptz NOT NULL,"
-    " received_at timestamptz NOT NULL, category text NOT NULL, event text NOT NULL, outcome text NOT NULL,"
-    " actor_type text, actor_id text, actor_email text, target_type text, target_id text,"
-    " flags text[] NOT NULL, doc jsonb NOT NULL"
-    ") ON COMMIT DELETE ROWS"
+_EXISTING_SQL = (
+    "SELECT k.tenant, k.id FROM unnest(%s::text[], %s::text[]) AS k(tenant, id)"
+    " JOIN event_ids e ON e.tenant = k.tenant AND e.id = k.id"
 )
-
-_COPY_SQL = f"COPY incoming (ord, {', '.join(EVENT_COLUMNS)}) FROM STDIN"
-
-_COLUMNS = ", ".join(EVENT_COLUMNS[2:])
-MOVE_SQL = f"""
-WITH batch AS (
-    SELECT DISTINCT ON (tenant, id) * FROM incoming ORDER BY tenant, id, ord
-), fresh AS (
-    INSERT INTO event_ids (tenant, id, occurred_at)
-    SELECT tenant, id, occurred_at FROM batch
-    ON CONFLICT DO NOTHING
-    RETURNING tenant, id
-), counts AS (
-    SELECT tenant, count(*) AS n FROM fresh GROUP BY tenant
-), seqs AS (
-    INSERT INTO tenant_seq AS t (tenant, last_seq)
-    SELECT tenant, n FROM counts ORDER BY tenant
-    ON CONFLICT (tenant) DO UPDATE SET last_seq = t.last_seq + excluded.last_seq
-    RETURNING tenant, last_seq
+_SEQ_SQL = (
+    "INSERT INTO tenant_seq AS t (tenant, last_seq) SELECT * FROM unnest(%s::text[], %s::bigint[])"
+    " ON CONFLICT (tenant) DO UPDATE SET last_seq = t.last_seq + excluded.last_seq"
+    " RETURNING tenant, last_seq"
 )
-INSERT INTO events (tenant, seq, id, {_COLUMNS})
-SELECT b.tenant, s.last_seq - c.n + row_number() OVER (PARTITION BY b.tenant ORDER BY b.ord), b.id, {
-    ", ".join("b." + c for c in EVENT_COLUMNS[2:])
-}
-FROM batch b
-JOIN fresh f ON f.tenant = b.tenant AND f.id = b.id
-JOIN counts c ON c.tenant = b.tenant
-JOIN seqs s ON s.tenant = b.tenant
-"""
+_COPY_EVENTS_SQL = f"COPY events (seq, {', '.join(EVENT_COLUMNS)}) FROM STDIN"
+_COPY_IDS_SQL = "COPY event_ids (tenant, id, occurred_at) FROM STDIN"
 
 _REJECT_SQL = (
     "INSERT INTO rejects (tenant, category, event, reasons, resource, record, fingerprint)"
@@ -248,9 +231,11 @@ class Writer:
         while True:
             try:
                 return await asyncio.wait_for(self._commit(batches), self._commit_timeout)
-            except (pgerrors.DeadlockDetected, pgerrors.SerializationFailure):
+            except (pgerrors.DeadlockDetected, pgerrors.SerializationFailure, pgerrors.UniqueViolation):
+                # UniqueViolation: another collector stored one of these events meanwhile; the
+                # next attempt finds it stored and skips it.
                 attempts += 1
-                if attempts >= 3:
+                if attempts >= 5:
                     raise
             except TimeoutError:
                 await self._drop_connection()
@@ -260,37 +245,57 @@ class Writer:
         conn = self._conn
         if conn is None or conn.closed:
             raise psycopg.OperationalError("no database connection")
-        lines = [line for batch in batches for line in batch.lines]
+        lines: list[str] = []
+        keys: list[tuple[str, str, str]] = []
+        seen: set[tuple[str, str]] = set()
+        for batch in batches:
+            for line, key in zip(batch.lines, batch.keys, strict=True):
+                if (key[0], key[1]) not in seen:
+                    seen.add((key[0], key[1]))
+                    lines.append(line)
+                    keys.append(key)
         rejects = [reject for batch in batches for reject in batch.rejects]
-        months = {line.split("\t", 3)[2][:7] for line in lines}
-        for month in months - self._partitions:
+        for month in {key[2][:7] for key in keys} - self._partitions:
             await conn.execute("SELECT otaudit_ensure_partition(%s::timestamptz)", (f"{month}-01T00:00:00Z",))
             self._partitions.add(month)
         started = time.perf_counter()
-        new = 0
-        async with conn.transaction():
-            if lines:
-                async with conn.cursor() as cur:
-                    async with cur.copy(_COPY_SQL) as copy:
-                        await copy.write("".join(f"{n}\t{line}\n" for n, line in enumerate(lines)))
-                    await cur.execute(MOVE_SQL)
-                    new = cur.rowcount
+        if keys:
+            cur = await conn.execute(_EXISTING_SQL, ([k[0] for k in keys], [k[1] for k in keys]))
+            stored = set(await cur.fetchall())
+            if stored:
+                fresh = [i for i, k in enumerate(keys) if (k[0], k[1]) not in stored]
+                lines, keys = [lines[i] for i in fresh], [keys[i] for i in fresh]
+        counts: dict[str, int] = {}
+        for key in keys:
+            counts[key[0]] = counts.get(key[0], 0) + 1
+        async with conn.transaction(), conn.cursor() as cur:
+            if keys:
+                tenants = sorted(counts)  # one lock order for every writer: no deadlock between them
+                await cur.execute(_SEQ_SQL, (tenants, [counts[t] for t in tenants]))
+                next_seq = {str(t): cast(int, last) - counts[str(t)] for t, last in await cur.fetchall()}
+                numbered = []
+                for line, key in zip(lines, keys, strict=True):
+                    next_seq[key[0]] += 1
+                    numbered.append(f"{next_seq[key[0]]}\t{line}\n")
+                async with cur.copy(_COPY_EVENTS_SQL) as copy:
+                    await copy.write("".join(numbered))
+                async with cur.copy(_COPY_IDS_SQL) as copy:
+                    await copy.write("".join(f"{k[0]}\t{k[1]}\t{k[2]}\n" for k in keys))
             if rejects:
-                async with conn.cursor() as cur:
-                    await cur.executemany(
-                        _REJECT_SQL,
-                        [(r.tenant, r.category, r.event, list(r.reasons), r.resource, r.record, r.fingerprint) for r in rejects],
-                    )
+                await cur.executemany(
+                    _REJECT_SQL,
+                    [(r.tenant, r.category, r.event, list(r.reasons), r.resource, r.record, r.fingerprint) for r in rejects],
+                )
         elapsed = time.perf_counter() - started
         stats = self.stats
         stats.transactions += 1
-        stats.events_written += new
-        stats.duplicates += len(lines) - new
+        stats.events_written += len(keys)
+        stats.duplicates += sum(len(b.lines) for b in batches) - len(keys)
         stats.rejects_written += len(rejects)
         stats.commit_seconds.append(elapsed)
         if len(stats.commit_seconds) > 1024:
             del stats.commit_seconds[:512]
-        return new
+        return len(keys)
 
     # -- connection ------------------------------------------------------------------
 
@@ -298,7 +303,6 @@ class Writer:
         conn = await psycopg.AsyncConnection.connect(
             self._conninfo, autocommit=True, connect_timeout=5, application_name="otaudit-writer"
         )
-        await conn.execute(STAGING_SQL)
         cur = await conn.execute(
             "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'events'::regclass"
         )
