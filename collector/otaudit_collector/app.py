@@ -179,6 +179,7 @@ class Collector:
             receivers.append(self._grpc.stop(grace_seconds))
         receivers.extend(runner.cleanup() for runner in self._runners[:-1])  # OTLP/HTTP; the API goes last
         await asyncio.gather(*receivers, return_exceptions=True)
+        self.ingestor.close()
         await self.writer.close()
         for runner in self._runners[-1:]:
             await runner.cleanup()

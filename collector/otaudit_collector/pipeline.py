@@ -7,8 +7,10 @@ after the commit: until then the client still holds its data.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from otaudit_collector.core.catalog import CatalogSet
@@ -16,10 +18,18 @@ from otaudit_collector.core.errors import Overloaded
 from otaudit_collector.core.normalize import Policy, normalize_request
 from otaudit_collector.core.otlp_json import decode_json
 from otaudit_collector.core.otlp_proto import decode_protobuf
-from otaudit_collector.core.prepare import prepare
+from otaudit_collector.core.prepare import Prepared, prepare
 from otaudit_collector.storage.writer import Writer
 
-__all__ = ["ExportResult", "Ingestor"]
+__all__ = ["ExportResult", "Ingestor", "OFFLOAD_BYTES"]
+
+OFFLOAD_BYTES = 64 * 1024
+"""Request bodies at least this large are decoded and validated on a worker thread.
+
+The event loop then keeps driving the writer's round trips to PostgreSQL, so one batch
+commits while the next is being prepared instead of the two taking turns. Smaller
+bodies are prepared inline: the hop to a thread would cost more than it saves.
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +58,16 @@ class Ingestor:
         self._max_concurrent = max_concurrent_requests
         self._retry_after = retry_after_seconds
         self._clock = clock
+        self._workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="otaudit-prepare")
         self.in_flight = 0
+
+    def close(self) -> None:
+        self._workers.shutdown(wait=False, cancel_futures=True)
+
+    def _prepare(self, body: bytes, as_json: bool, received_ns: int, catalogs: CatalogSet) -> Prepared:
+        depth = self._policy.max_depth
+        decoded = decode_json(body, depth) if as_json else decode_protobuf(body, depth)
+        return prepare(normalize_request(decoded, received_ns, self._policy), catalogs, received_ns)
 
     async def export(self, body: bytes, *, as_json: bool = False) -> ExportResult:
         """Decode, validate and store one request body; answer only once it is committed."""
@@ -61,10 +80,11 @@ class Ingestor:
         try:
             received_ns = self._clock()
             catalogs = self._catalogs()  # the set in force when the request arrived, even if a reload swaps it
-            depth = self._policy.max_depth
-            decoded = decode_json(body, depth) if as_json else decode_protobuf(body, depth)
-            candidates = normalize_request(decoded, received_ns, self._policy)
-            prepared = prepare(candidates, catalogs, received_ns)
+            if len(body) >= OFFLOAD_BYTES:
+                loop = asyncio.get_running_loop()
+                prepared = await loop.run_in_executor(self._workers, self._prepare, body, as_json, received_ns, catalogs)
+            else:
+                prepared = self._prepare(body, as_json, received_ns, catalogs)
             if prepared.lines or prepared.rejects:
                 await self._writer.submit(prepared)
             return ExportResult(len(prepared.lines), prepared.rejected, prepared.partial_success_message())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,8 +142,11 @@ def copy_text(value: str | None) -> str:
     return value
 
 
-def _dumps(doc: dict[str, Any]) -> str:
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_dumps = _ENCODER.encode
+
+
+_SPECIAL = re.compile(r"[\\\t\n\r]")
 
 
 def _line(doc: dict[str, Any], text: str, received: str) -> tuple[str | None, str]:
@@ -153,20 +157,24 @@ def _line(doc: dict[str, Any], text: str, received: str) -> tuple[str | None, st
     actor = doc["actor"]
     target = doc.get("target") or {}
     flags = doc.get("flags")
-    fields = (
-        copy_text(doc["tenant"]),
-        copy_text(doc["id"]),
-        doc["occurred_at"],
-        received,
-        copy_text(doc["category"]),
-        copy_text(doc["event"]),
-        doc["outcome"],
-        copy_text(actor.get("type")),
-        copy_text(actor.get("id")),
-        copy_text(actor.get("email")),
-        copy_text(target.get("type")),
-        copy_text(target.get("id")),
-        "{" + ",".join(flags) + "}" if flags else "{}",
-        text.replace("\\", "\\\\"),
-    )
-    return "\t".join(fields), ""
+    # tenant, id, category and event match the envelope's patterns, outcome and flags its
+    # enums: only the actor's and target's free text can hold characters COPY must escape.
+    free = [actor.get("type"), actor.get("id"), actor.get("email"), target.get("type"), target.get("id")]
+    if _SPECIAL.search("".join(v for v in free if v)):
+        free = [copy_text(v) for v in free]
+    else:
+        free = [v if v is not None else "\\N" for v in free]
+    return "\t".join(
+        (
+            doc["tenant"],
+            doc["id"],
+            doc["occurred_at"],
+            received,
+            doc["category"],
+            doc["event"],
+            doc["outcome"],
+            *free,
+            "{" + ",".join(flags) + "}" if flags else "{}",
+            text.replace("\\", "\\\\"),
+        )
+    ), ""
