@@ -298,3 +298,34 @@ def test_serve_on_free_ports_prints_them_and_answers(db: str, tmp_path: Path) ->
     finally:
         assert proc.terminate() == 0, "".join(proc.output)
     assert not (tmp_path / "otaudit-data").exists()  # an external database: no embedded one
+
+
+@pytest.mark.slow
+def test_a_port_in_use_is_refused_with_a_clear_message(db: str, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for flag in ("--grpc-port", "--http-port"):
+            ports = {"--grpc-port": "0", "--http-port": "0", "--api-port": "0", flag: str(port)}
+            result = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "otaudit_collector",
+                    "serve",
+                    "--database-url",
+                    db,
+                    *[x for kv in ports.items() for x in kv],
+                ],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                cwd=tmp_path,
+            )
+            assert result.returncode == 1, result.stderr
+            assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+            assert "Traceback" not in result.stderr

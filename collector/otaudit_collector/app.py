@@ -135,11 +135,13 @@ class Collector:
             max_request_bytes=ingest["max_request_bytes"],
             max_concurrent_requests=ingest["max_concurrent_requests"],
         )
-        grpc_port = self._grpc.add_insecure_port(
-            f"[{host}]:{listen['grpc_port']}" if ":" in host else f"{host}:{listen['grpc_port']}"
-        )
+        address = f"[{host}]:{listen['grpc_port']}" if ":" in host else f"{host}:{listen['grpc_port']}"
+        try:
+            grpc_port = self._grpc.add_insecure_port(address)
+        except RuntimeError:  # grpcio raises when the port cannot be bound (older versions return 0)
+            grpc_port = 0
         if grpc_port == 0:
-            raise OSError(f"cannot listen on {host}:{listen['grpc_port']} for OTLP/gRPC")
+            raise OSError(f"cannot listen on {address} for OTLP/gRPC: the address is in use or not available")
         await self._grpc.start()
 
         http_port = await self._serve(
