@@ -45,7 +45,9 @@ class ControlledPostgres:
             # process full of gRPC threads, and the child then sometimes crashes in gRPC's
             # fork handlers before it can exec.
             command = ["runuser", "-u", self.user, "--", *command]
-        subprocess.run(command, check=True, capture_output=True, timeout=60)
+        result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            raise RuntimeError(f"{args[0]} {' '.join(args[1:])} failed ({result.returncode}): {result.stderr.strip()}")
 
     def init(self) -> ControlledPostgres:
         self.pgdata.mkdir()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -117,8 +119,10 @@ def test_collector_killed_mid_stream_and_restarted(db: str, tmp_path: Path) -> N
 
 
 @pytest.fixture
-def controlled_pg(tmp_path: Path) -> Iterator[ControlledPostgres]:
-    pg = ControlledPostgres(tmp_path).init()
+def controlled_pg() -> Iterator[ControlledPostgres]:
+    # Not under tmp_path: a second pytest run on the machine prunes older temp roots.
+    folder = Path(tempfile.mkdtemp(prefix="otaudit-test-controlled-pg-"))
+    pg = ControlledPostgres(folder).init()
     pg.start()
     try:
         yield pg
@@ -127,6 +131,7 @@ def controlled_pg(tmp_path: Path) -> Iterator[ControlledPostgres]:
             pg.stop()
         except Exception:  # noqa: BLE001 - already stopped
             pass
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.mark.slow
