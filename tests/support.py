@@ -17,12 +17,13 @@ from typing import Any
 
 import psycopg
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from otaudit_collector.app import Collector, Endpoints, catalog_dirs
 from otaudit_collector.config import Settings, load_settings
 from otaudit_collector.core.catalog import load_catalogs
+from otaudit_collector.core.otlp_model import to_any_value
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,25 +84,20 @@ class RunningCollector:
 # -- building requests ---------------------------------------------------------------
 
 
-def any_value(value: Any) -> AnyValue:
-    out = AnyValue()
-    if isinstance(value, bool):
-        out.bool_value = value
-    elif isinstance(value, int):
-        out.int_value = value
-    elif isinstance(value, float):
-        out.double_value = value
-    elif isinstance(value, str):
-        out.string_value = value
-    elif isinstance(value, bytes):
-        out.bytes_value = value
-    elif isinstance(value, Mapping):
-        out.kvlist_value.SetInParent()
-        out.kvlist_value.values.extend(KeyValue(key=k, value=any_value(v)) for k, v in value.items())
-    elif isinstance(value, (list, tuple)):
-        out.array_value.SetInParent()
-        out.array_value.values.extend(any_value(v) for v in value)
-    return out
+any_value = to_any_value  # the collector's own encoder of plain values as OTLP AnyValue
+
+
+def otaudit(*args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the ``otaudit`` command in a subprocess and capture what it says."""
+    return subprocess.run(
+        [sys.executable, "-m", "otaudit_collector", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )
 
 
 def good_attributes(**over: Any) -> dict[str, Any]:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -20,7 +17,7 @@ import psycopg
 import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
-from support import REPO, CollectorProcess, RunningCollector, count, good_attributes, record, request, rows, settings_for
+from support import REPO, CollectorProcess, RunningCollector, count, good_attributes, otaudit, record, request, rows, settings_for
 from test_ingest_clients import EXPORT, grpc_export
 
 from otaudit_collector.cli import main
@@ -90,18 +87,6 @@ def only_folder(db: str, folder: Path, reload_interval_seconds: float = 0) -> An
             ("catalogs", "dirs"): [str(folder)],
             ("catalogs", "reload_interval_seconds"): reload_interval_seconds,
         },
-    )
-
-
-def otaudit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "otaudit_collector", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=cwd,
-        env=dict(os.environ),
     )
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import requests
-from support import REPO, CollectorProcess, count, record, request
+from support import REPO, CollectorProcess, count, otaudit, record, request
 from test_ingest_clients import grpc_export
 
 from otaudit_collector.app import catalog_dirs
@@ -252,22 +252,10 @@ def test_relative_paths_not_from_the_file_are_relative_to_the_working_directory(
 # -- otaudit serve, as a process -------------------------------------------------------
 
 
-def _otaudit(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "otaudit_collector", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **(env or {})},
-        cwd=cwd,
-    )
-
-
 @pytest.mark.slow
 def test_serve_refuses_a_bad_config_and_does_not_listen(tmp_path: Path) -> None:
     config = write(tmp_path / "bad.yaml", BAD_CONFIG)
-    result = _otaudit("serve", "--config", str(config), "--http-port", "0", env={"OTAUDIT_GRPC_PORT": "abc"}, cwd=tmp_path)
+    result = otaudit("serve", "--config", str(config), "--http-port", "0", env={"OTAUDIT_GRPC_PORT": "abc"}, cwd=tmp_path)
     assert result.returncode == 2, result
     assert result.stdout == ""  # nothing printed as ready: it never listened
     assert f"invalid configuration ({config})" in result.stderr

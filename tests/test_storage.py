@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -114,3 +115,24 @@ def test_same_request_to_two_collectors_at_once_is_stored_once(db: str) -> None:
     finally:
         first.stop()
         second.stop()
+
+
+def test_otaudit_migrate_on_an_empty_database(pg_server: str) -> None:
+    from psycopg.conninfo import make_conninfo
+    from support import otaudit
+
+    name = f"otaudit_empty_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_conninfo(pg_server, dbname=name)
+    try:
+        first = otaudit("migrate", "--database-url", url)
+        assert first.returncode == 0, first.stderr
+        assert "applied 0001_events" in first.stdout
+        again = otaudit("migrate", "--database-url", url)
+        assert again.returncode == 0 and "database schema is up to date" in again.stdout
+        tables = {r["tablename"] for r in rows(url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        assert {"events", "event_ids", "tenant_seq", "rejects", "schema_migrations"} <= tables
+    finally:
+        with psycopg.connect(pg_server, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
