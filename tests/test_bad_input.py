@@ -302,3 +302,22 @@ def test_an_internal_failure_is_answered_and_logged_and_the_server_keeps_serving
     assert "ZeroDivisionError: a bug" in caplog.text
     monkeypatch.undo()
     still_serving(collector)
+
+
+def test_an_undecodable_record_is_quarantined_with_its_bytes_as_received(collector: RunningCollector) -> None:
+    marker = "MARKER-0123456789"
+    broken = (
+        record(attrs=good_attributes(**{"user.name": marker}))
+        .SerializeToString()
+        .replace(marker.encode(), b"\xff\xfe" + marker.encode()[2:])
+    )
+    resource = request([]).resource_logs[0].resource.SerializeToString()
+    body = _field(1, _field(1, resource) + _field(2, _field(2, record().SerializeToString()) + _field(2, broken)))
+    response = raw_grpc(collector.grpc_target, body)
+    assert response.partial_success.rejected_log_records == 1
+    assert "invalid UTF-8" in response.partial_success.error_message
+    quarantined = rows(collector.conninfo, "SELECT record, resource, reasons FROM rejects")
+    assert len(quarantined) == 1
+    assert bytes(quarantined[0]["record"]) == broken  # nothing the client sent is lost
+    assert bytes(quarantined[0]["resource"]) == resource
+    assert count(collector.conninfo) == 1

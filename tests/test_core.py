@@ -209,3 +209,25 @@ def test_values_json_cannot_hold_are_stored_as_text() -> None:
     assert prepared.rejected == 0
     stored = json.loads(prepared.lines[0].split("\t")[-1].replace("\\\\", "\\"))
     assert stored["details"] == {"ratio": "Infinity", "raw": "AQI="}
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+def test_undecodable_records_keep_their_bytes_with_either_decoder(compiled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from otaudit_collector.core import otlp_proto
+    from otaudit_collector.core.otlp_model import BrokenRecord
+
+    if compiled and not otlp_proto.COMPILED:
+        pytest.fail("the compiled decoder was not built: install the collector where a C compiler is available")
+    if not compiled:
+        monkeypatch.setattr(otlp_proto, "_compiled", None)
+
+    def corrupt(data: bytes) -> bytes:
+        return data.replace(b"MARKER-01", b"\xc3\x28RKER-01")  # "MA" becomes an invalid 2-byte sequence
+
+    good = request([record(attrs=good_attributes(**{"user.name": "MARKER-0123456789"}))])
+    decoded = otlp_proto.decode_protobuf(corrupt(good.SerializeToString()), 16)
+    entry = decoded[0][2][0][0]
+    assert isinstance(entry, BrokenRecord) and "UTF-8" in entry.reason
+    assert entry.raw == corrupt(good.resource_logs[0].scope_logs[0].log_records[0].SerializeToString())
+    candidate = normalize_request(decoded, NOW, POLICY)[0]
+    assert candidate.record_bytes() == entry.raw and candidate.errors == [entry.reason]

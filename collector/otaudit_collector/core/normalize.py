@@ -18,7 +18,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from otaudit_collector.core.errors import RecordError
-from otaudit_collector.core.otlp_model import Attributes, DecodedRequest, Record, RecordPath, encode_record, encode_resource
+from otaudit_collector.core.otlp_model import (
+    Attributes,
+    BrokenRecord,
+    DecodedRequest,
+    Record,
+    RecordPath,
+    encode_record,
+    encode_resource,
+)
 
 __all__ = [
     "Policy",
@@ -81,6 +89,7 @@ class Candidate:
     context: ResourceContext
     doc: dict[str, Any] | None = None
     errors: list[str] = field(default_factory=list)
+    broken_bytes: bytes = b""  # an undecodable record's bytes as received, when known
 
     @property
     def event(self) -> str:
@@ -89,7 +98,7 @@ class Candidate:
         return self.record[3] if self.record is not None else ""
 
     def record_bytes(self) -> bytes:
-        return encode_record(self.record) if self.record is not None else b""
+        return encode_record(self.record) if self.record is not None else self.broken_bytes
 
 
 def normalize_request(decoded: DecodedRequest, received_ns: int, policy: Policy) -> list[Candidate]:
@@ -101,6 +110,9 @@ def normalize_request(decoded: DecodedRequest, received_ns: int, policy: Policy)
             for k, record in enumerate(records):
                 if isinstance(record, str):
                     out.append(Candidate((i, j, k), None, ctx, errors=[record]))
+                    continue
+                if isinstance(record, BrokenRecord):
+                    out.append(Candidate((i, j, k), None, ctx, errors=[record.reason], broken_bytes=record.raw))
                     continue
                 cand = Candidate((i, j, k), record, ctx)
                 try:

@@ -19,7 +19,7 @@ import math
 from typing import Any
 
 from otaudit_collector.core.errors import BadRequest
-from otaudit_collector.core.otlp_model import Attributes, DecodedRequest, Record, ResourceData
+from otaudit_collector.core.otlp_model import Attributes, DecodedRequest, Record, RecordEntry, ResourceData
 
 __all__ = ["decode_json"]
 
@@ -58,7 +58,7 @@ def _resource_logs(rl: Any, where: str, max_depth: int) -> ResourceData:
         _object(resource, f"{where}.resource")
         attributes = _attributes(resource, f"{where}.resource", max_depth)
     _str(rl, "schemaUrl", "schema_url", where)
-    scopes: list[list[Record | str]] = []
+    scopes: list[list[RecordEntry]] = []
     for j, sl in enumerate(_list(rl, "scopeLogs", "scope_logs", where)):
         swhere = f"{where}.scopeLogs[{j}]"
         _object(sl, swhere)
@@ -67,7 +67,7 @@ def _resource_logs(rl: Any, where: str, max_depth: int) -> ResourceData:
             _object(scope, f"{swhere}.scope")
             _str(scope, "name", "name", f"{swhere}.scope")
             _str(scope, "version", "version", f"{swhere}.scope")
-        records: list[Record | str] = []
+        records: list[RecordEntry] = []
         for k, rec in enumerate(_list(sl, "logRecords", "log_records", swhere)):
             try:
                 records.append(_record(rec, f"{swhere}.logRecords[{k}]", max_depth))

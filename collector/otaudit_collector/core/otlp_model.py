@@ -9,7 +9,9 @@ and normalization reads only this shape, never protobuf objects: attribute value
     Record         = (raw, time_unix_nano, observed_time_unix_nano, event_name,
                       trace_id, span_id, body, attributes, dropped_attributes_count, flags)
 
-A ``str`` in place of a Record is a record that could not be decoded: the reason.
+A ``str`` in place of a Record is a record that could not be decoded: the reason; the
+protobuf decoder then replaces it with a ``BrokenRecord``, which also keeps the record's
+bytes as received, for the quarantine.
 ``raw`` is the record's protobuf bytes as received, or None when it came as JSON;
 ``resource_bytes`` likewise. ``encode_record`` / ``encode_resource`` rebuild them
 for the quarantine.
@@ -18,7 +20,7 @@ for the quarantine.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -28,6 +30,8 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 __all__ = [
     "Attributes",
     "Record",
+    "BrokenRecord",
+    "RecordEntry",
     "ResourceData",
     "DecodedRequest",
     "RecordPath",
@@ -39,7 +43,17 @@ __all__ = [
 
 Attributes = list[tuple[str, Any]]
 Record = tuple[bytes | None, int, int, str, bytes, bytes, Any, Attributes, int, int]
-ResourceData = tuple[bytes | None, Attributes, list[list[Record | str]]]
+
+
+class BrokenRecord(NamedTuple):
+    """A record that could not be decoded: why, and its bytes as received."""
+
+    reason: str
+    raw: bytes
+
+
+RecordEntry = Record | str | BrokenRecord
+ResourceData = tuple[bytes | None, Attributes, list[list[RecordEntry]]]
 DecodedRequest = list[ResourceData]
 RecordPath = tuple[int, int, int]
 """(resource_logs index, scope_logs index, log_records index) of a record in its request."""

@@ -20,7 +20,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from otaudit_collector.core.errors import BadRequest
-from otaudit_collector.core.otlp_model import Attributes, DecodedRequest, Record, ResourceData
+from otaudit_collector.core.otlp_model import Attributes, BrokenRecord, DecodedRequest, RecordEntry, ResourceData
 
 __all__ = ["decode_protobuf", "decode_protobuf_python", "COMPILED"]
 
@@ -46,10 +46,28 @@ def decode_protobuf(body: bytes, max_depth: int) -> DecodedRequest:
     """Decode an OTLP/protobuf ``ExportLogsServiceRequest``; maps and arrays may nest ``max_depth`` levels."""
     if _compiled is not None:
         try:
-            return _compiled(body, max_depth)
+            decoded = _compiled(body, max_depth)
         except ValueError as exc:
             raise BadRequest(f"{_INVALID}: {exc}") from None
-    return decode_protobuf_python(body, max_depth)
+    else:
+        decoded = decode_protobuf_python(body, max_depth)
+    if any(isinstance(record, str) for _, _, scopes in decoded for records in scopes for record in records):
+        _keep_broken_bytes(decoded, body)
+    return decoded
+
+
+def _keep_broken_bytes(decoded: DecodedRequest, body: bytes) -> None:
+    """Give each undecodable record its bytes as received, so the quarantine keeps them."""
+    try:
+        for i, rl_bytes in enumerate(_submessages(body, 1, "ExportLogsServiceRequest")):
+            for j, sl_bytes in enumerate(_submessages(rl_bytes, 2, "ResourceLogs")):
+                records = decoded[i][2][j]
+                for k, raw in enumerate(_submessages(sl_bytes, 2, "ScopeLogs")):
+                    reason = records[k]
+                    if isinstance(reason, str):
+                        records[k] = BrokenRecord(reason, raw)
+    except (_WireError, IndexError):  # the decoders refuse such bodies first; keep the reasons alone
+        pass
 
 
 def decode_protobuf_python(body: bytes, max_depth: int) -> DecodedRequest:
@@ -68,7 +86,7 @@ class _TooDeep(Exception):
     pass
 
 
-def _resource(index: int, rl: ResourceLogs, scopes: list[list[Record | str]], max_depth: int) -> ResourceData:
+def _resource(index: int, rl: ResourceLogs, scopes: list[list[RecordEntry]], max_depth: int) -> ResourceData:
     try:
         attributes = _attributes(rl.resource.attributes, max_depth)
     except _TooDeep as exc:
@@ -76,7 +94,7 @@ def _resource(index: int, rl: ResourceLogs, scopes: list[list[Record | str]], ma
     return (rl.resource.SerializeToString() if rl.HasField("resource") else b"", attributes, scopes)
 
 
-def _record(record: LogRecord, max_depth: int) -> Record | str:
+def _record(record: LogRecord, max_depth: int) -> RecordEntry:
     try:
         attributes = _attributes(record.attributes, max_depth)
         body = _value(record.body, 0, max_depth) if record.HasField("body") else None
@@ -127,7 +145,7 @@ def _salvage(body: bytes, max_depth: int) -> DecodedRequest:
     try:
         for i, rl_bytes in enumerate(_submessages(body, 1, "ExportLogsServiceRequest")):
             resource = Resource()
-            scopes: list[list[Record | str]] = []
+            scopes: list[list[RecordEntry]] = []
             for number, value in _fields(rl_bytes, f"resource_logs[{i}]"):
                 if number == 1 and isinstance(value, bytes):
                     _parse_into(resource, value, f"resource_logs[{i}].resource")  # merges, as protobuf does
@@ -142,8 +160,8 @@ def _salvage(body: bytes, max_depth: int) -> DecodedRequest:
     return out
 
 
-def _salvage_scope(data: bytes, where: str, max_depth: int) -> list[Record | str]:
-    records: list[Record | str] = []
+def _salvage_scope(data: bytes, where: str, max_depth: int) -> list[RecordEntry]:
+    records: list[RecordEntry] = []
     for number, value in _fields(data, where):
         if number == 2 and isinstance(value, bytes):
             try:
