@@ -179,10 +179,9 @@ class Writer:
             await self._commit_group(self._take_group())
 
     def _unavailable(self) -> Unavailable:
-        return Unavailable(
-            f"the database is unreachable ({self.stats.last_error or 'reconnecting'}): retry later",
-            retry_after_seconds=self._retry_after,
-        )
+        # Clients are not told the database's error: it names hosts and ports. Operators
+        # find it in the log and on /readyz.
+        return Unavailable("the database is unreachable: retry later", retry_after_seconds=self._retry_after)
 
     def _take_group(self) -> list[_Pending]:
         group = [self._queue.popleft()]
