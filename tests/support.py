@@ -81,6 +81,14 @@ class RunningCollector:
         self.loop.close()
 
 
+def wait_until(condition: Any, timeout: float = 10, what: str = "the condition") -> None:
+    """Poll ``condition()`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
 # -- building requests ---------------------------------------------------------------
 
 

@@ -18,7 +18,7 @@ import requests
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 from pgcontrol import ControlledPostgres, free_port
-from support import CollectorProcess, RunningCollector, count, good_attributes, record, request, rows, settings_for
+from support import CollectorProcess, RunningCollector, count, good_attributes, record, request, rows, settings_for, wait_until
 from test_ingest_clients import EXPORT
 
 from otaudit_collector.app import ensure_partitions
@@ -196,10 +196,7 @@ def test_saturation_is_refused_as_retryable_and_nothing_is_lost(db: str) -> None
     blocker = _lock_tenant_sequence(db, "acme")
     try:
         first = RetryingClient(running.grpc_target, batches(1, 4)).start()
-        deadline = time.monotonic() + 10
-        while running.collector.writer.pending_records < 4:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(lambda: running.collector.writer.pending_records >= 4, what="4 records waiting for their commit")
         # 4 records wait for their commit; 4 more would pass the limit of 6.
         with grpc.insecure_channel(running.grpc_target) as channel:
             call = channel.unary_unary(
@@ -231,10 +228,7 @@ def test_too_many_concurrent_requests_is_refused_as_retryable(db: str) -> None:
     blocker = _lock_tenant_sequence(db, "acme")
     try:
         first = RetryingClient(running.grpc_target, batches(1, 1)).start()
-        deadline = time.monotonic() + 10
-        while running.collector.ingestor.in_flight < 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(lambda: running.collector.ingestor.in_flight >= 1, what="a request in flight")
         http = requests.post(
             running.http_url, data=batches(1, 1)[0], headers={"Content-Type": "application/x-protobuf"}, timeout=10
         )
