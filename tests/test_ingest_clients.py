@@ -252,3 +252,15 @@ def test_clock_skew_is_stored_and_flagged(collector: RunningCollector) -> None:
 def test_readiness_and_health(collector: RunningCollector) -> None:
     assert requests.get(collector.api_url + "/healthz", timeout=10).json() == {"status": "ok"}
     assert requests.get(collector.api_url + "/readyz", timeout=10).status_code == 200
+
+
+def test_ids_with_tabs_newlines_and_backslashes_are_stored_verbatim(collector: RunningCollector) -> None:
+    # The COPY text format gives tab, newline, carriage return and backslash a meaning: the
+    # actor's and target's free text must be escaped, or the whole group's COPY fails.
+    actor, target = "corp\\ann\tx\r\ny", "r\\3\t"
+    attrs = good_attributes(**{"user.id": actor, "audit.target.id": target, "user.name": "Ann \\ Bob"})
+    response = grpc_export(collector.grpc_target, request([record(attrs=attrs), record()]))
+    assert response.partial_success.rejected_log_records == 0
+    stored = rows(collector.conninfo, "SELECT actor_id, target_id, doc FROM events WHERE actor_id <> 'u-17'")
+    assert [(r["actor_id"], r["target_id"]) for r in stored] == [(actor, target)]
+    assert stored[0]["doc"]["actor"]["id"] == actor and stored[0]["doc"]["actor"]["name"] == "Ann \\ Bob"
