@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import cast
 
 import psycopg
@@ -86,7 +85,6 @@ class WriterStats:
     rejects_written: int = 0
     failures: int = 0
     last_error: str = ""
-    commit_seconds: list[float] = field(default_factory=list)
 
 
 class Writer:
@@ -257,7 +255,6 @@ class Writer:
         for month in {key[2][:7] for key in keys} - self._partitions:
             await conn.execute("SELECT otaudit_ensure_partition(%s::timestamptz)", (f"{month}-01T00:00:00Z",))
             self._partitions.add(month)
-        started = time.perf_counter()
         if keys:
             cur = await conn.execute(_EXISTING_SQL, ([k[0] for k in keys], [k[1] for k in keys]))
             stored = set(await cur.fetchall())
@@ -285,15 +282,11 @@ class Writer:
                     _REJECT_SQL,
                     [(r.tenant, r.category, r.event, list(r.reasons), r.resource, r.record, r.fingerprint) for r in rejects],
                 )
-        elapsed = time.perf_counter() - started
         stats = self.stats
         stats.transactions += 1
         stats.events_written += len(keys)
         stats.duplicates += sum(len(b.lines) for b in batches) - len(keys)
         stats.rejects_written += len(rejects)
-        stats.commit_seconds.append(elapsed)
-        if len(stats.commit_seconds) > 1024:
-            del stats.commit_seconds[:512]
         return len(keys)
 
     # -- connection ------------------------------------------------------------------
