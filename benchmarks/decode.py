@@ -28,10 +28,11 @@ from collections.abc import Callable
 from typing import Any
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
+from otaudit_collector.core.otlp_model import to_any_value as value
 from otaudit_collector.core.otlp_proto import decode_protobuf_python
 
 try:
@@ -42,18 +43,6 @@ except ImportError:  # pragma: no cover - reported below
 ROLES = ["admin", "auditor", "operator", "viewer", "billing", "support", "security-analyst"]
 FIELDS = ["name", "roles", "mfa_required", "max_assets", "description", "owner", "tags"]
 EVENTS = ["user.created", "user.updated", "role.assigned", "asset_group.updated", "login.succeeded"]
-
-
-def value(v: Any) -> AnyValue:
-    if isinstance(v, bool):
-        return AnyValue(bool_value=v)
-    if isinstance(v, int):
-        return AnyValue(int_value=v)
-    if isinstance(v, str):
-        return AnyValue(string_value=v)
-    if isinstance(v, dict):
-        return AnyValue(kvlist_value=KeyValueList(values=[KeyValue(key=k, value=value(x)) for k, x in v.items()]))
-    return AnyValue(array_value=ArrayValue(values=[value(x) for x in v]))
 
 
 def change(rng: random.Random) -> dict[str, Any]:

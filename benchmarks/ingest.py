@@ -49,7 +49,7 @@ import psutil
 import psycopg
 from google.rpc import error_details_pb2
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest, ExportLogsServiceResponse
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from psycopg.conninfo import make_conninfo
@@ -58,6 +58,7 @@ from otaudit_collector.app import catalog_dirs, ensure_partitions, policy_from
 from otaudit_collector.config import load_settings
 from otaudit_collector.core.catalog import load_catalogs
 from otaudit_collector.core.normalize import normalize_request
+from otaudit_collector.core.otlp_model import to_any_value as any_value
 from otaudit_collector.core.otlp_proto import decode_protobuf
 from otaudit_collector.core.prepare import EVENT_COLUMNS, prepare
 from otaudit_collector.storage.migrate import apply_migrations
@@ -266,20 +267,6 @@ def _change(rng: random.Random, name: str) -> dict[str, Any]:
     if rng.random() < 0.95:  # sometimes only the new value is known
         change["old"] = old
     return change
-
-
-def any_value(value: Any) -> AnyValue:
-    if isinstance(value, bool):
-        return AnyValue(bool_value=value)
-    if isinstance(value, int):
-        return AnyValue(int_value=value)
-    if isinstance(value, str):
-        return AnyValue(string_value=value)
-    if isinstance(value, dict):
-        return AnyValue(kvlist_value=KeyValueList(values=[KeyValue(key=k, value=any_value(v)) for k, v in value.items()]))
-    if isinstance(value, (list, tuple)):
-        return AnyValue(array_value=ArrayValue(values=[any_value(v) for v in value]))
-    raise TypeError(type(value))
 
 
 def kv(key: str, value: Any) -> KeyValue:
