@@ -1,0 +1,96 @@
+"""``audited``: record an event for a block of code, with its outcome.
+
+As a context manager the block may add details, changes, a target or a reason as it
+learns them; as a decorator each call records one event. If the block raises, the event
+is recorded with outcome ``failure`` (``denied`` for the exceptions in ``denied_on``) and
+the exception's text as the reason, and the exception propagates unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
+
+from otaudit_sdk._model import Actor, Change, Target
+
+__all__ = ["Audited", "AuditScope"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_REASON_CHARS = 1000
+
+
+class AuditScope:
+    """What the audited block may fill in before the event is recorded."""
+
+    def __init__(self, target: Target | None, details: Mapping[str, Any] | None, changes: Sequence[Change] | None) -> None:
+        self.target = target
+        self.details: dict[str, Any] = dict(details or {})
+        self.changes: list[Change | Mapping[str, Any]] = list(changes or [])
+        self.reason: str | None = None
+        self.outcome: str | None = None
+        self.id: str | None = None
+        """The recorded event's id, once the block has ended."""
+
+
+class Audited:
+    def __init__(
+        self,
+        record: Callable[..., str],
+        event: str,
+        *,
+        category: str,
+        actor: Actor,
+        target: Target | None = None,
+        details: Mapping[str, Any] | None = None,
+        changes: Sequence[Change] | None = None,
+        denied_on: tuple[type[BaseException], ...] = (PermissionError,),
+        **options: Any,
+    ) -> None:
+        self._record = record
+        self._event = event
+        self._fixed = {"category": category, "actor": actor, **options}
+        self._start = (target, details, changes)
+        self._denied_on = denied_on
+        self._scopes: list[AuditScope] = []
+
+    def __enter__(self) -> AuditScope:
+        scope = AuditScope(*self._start)
+        self._scopes.append(scope)
+        return scope
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        scope = self._scopes.pop()
+        outcome = scope.outcome or "success"
+        reason = scope.reason
+        if exc is not None:
+            outcome = "denied" if isinstance(exc, self._denied_on) else "failure"
+            reason = reason or (f"{type(exc).__name__}: {exc}"[:_REASON_CHARS])
+        scope.id = self._record(
+            self._event,
+            target=scope.target,
+            details=scope.details or None,
+            changes=scope.changes or None,
+            outcome=outcome,
+            reason=reason,
+            **self._fixed,
+        )
+
+    def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(func)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            with Audited(
+                self._record,
+                self._event,
+                target=self._start[0],
+                details=self._start[1],
+                changes=self._start[2],
+                denied_on=self._denied_on,
+                **self._fixed,
+            ):
+                return func(*args, **kwargs)
+
+        return wrapper
