@@ -265,9 +265,12 @@ class AuditClient:
         previous = signal.getsignal(signal.SIGTERM)
 
         def on_term(signum: int, frame: FrameType | None) -> None:
+            # Only the main thread may set handlers: put the previous one back now, deliver in a
+            # thread (the main thread may hold the buffer's lock), then send the signal again.
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
             def finish() -> None:
                 self.shutdown()
-                signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
                 os.kill(os.getpid(), signal.SIGTERM)
 
             threading.Thread(target=finish, name="otaudit-sigterm", daemon=True).start()

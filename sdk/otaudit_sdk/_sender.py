@@ -234,9 +234,8 @@ class Sender:
                 return True
             if self._wake.wait(min(left, 0.5)):
                 self._wake.clear()
-                if self._stop_at is not None:
-                    continue
-                return True
+                if self._stop_at is None and answer.retry_after is None:
+                    return True  # flush() cuts our own backoff short, never the collector's hint
 
     # -- dead letters --------------------------------------------------------------
 
