@@ -1,0 +1,154 @@
+"""The SDK's write-ahead buffer on its own: segments, acknowledgement offsets, adoption
+of what a dead process left, damaged files, and the size limit."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from otaudit_sdk._buffer import BufferFull, FileBuffer, MemoryBuffer
+
+
+def buffer(folder: Path, instance: str = "a", **options: int | bool) -> FileBuffer:
+    settings = {"max_bytes": 1 << 20, "segment_bytes": 1 << 16, "fsync_each": False, **options}
+    return FileBuffer(folder, resource=f"resource-{instance}".encode(), instance=instance, **settings)  # type: ignore[arg-type]
+
+
+def payloads(n: int, start: int = 0) -> list[bytes]:
+    return [f"record-{i:05d}".encode() * 3 for i in range(start, start + n)]
+
+
+def drain(buf: FileBuffer | MemoryBuffer, max_records: int = 1000) -> list[bytes]:
+    out: list[bytes] = []
+    while (batch := buf.take(max_records, 1 << 20)) is not None and batch.records:
+        out.extend(batch.records)
+        buf.done(batch)
+    return out
+
+
+def test_records_come_out_in_order_and_delivered_segments_are_deleted(tmp_path: Path) -> None:
+    buf = buffer(tmp_path, segment_bytes=2000)
+    records = payloads(300)
+    for i, rec in enumerate(records):
+        buf.append(rec, 1000 + i)
+    assert len(list(tmp_path.glob("*.wal"))) > 3  # rolled at segment_bytes
+    assert buf.pending[0] == 300
+    assert buf.oldest_ns() == 1000
+    batch = buf.take(7, 1 << 20)
+    assert batch is not None and batch.records == records[:7] and batch.resource == b"resource-a"
+    buf.done(batch)
+    assert buf.oldest_ns() == 1007
+    assert drain(buf, 50) == records[7:]
+    assert buf.pending == (0, 0)
+    assert len(list(tmp_path.glob("*.wal"))) == 1  # only the active segment is left
+    buf.close()
+    assert list(tmp_path.glob("*.wal")) == []
+
+
+def test_a_dead_process_leaves_its_records_to_the_next_one(tmp_path: Path) -> None:
+    first = buffer(tmp_path, "first", segment_bytes=600)
+    records = payloads(40)
+    for rec in records:
+        first.append(rec, 1)
+    batch = first.take(15, 1 << 20)
+    assert batch is not None
+    delivered = len(batch.records)  # a batch stays within one segment
+    first.done(batch)
+    first.close()  # what a dying process leaves: files on disk, locks released
+
+    second = buffer(tmp_path, "second")
+    assert second.adopt_orphans() == 40 - delivered
+    batch = second.take(1000, 1 << 20)
+    assert batch is not None and batch.resource == b"resource-first"  # sent as recorded
+    assert drain(second) == records[delivered:]
+    assert list(tmp_path.glob("first-*.wal")) == []
+
+
+def test_a_live_process_keeps_its_segments(tmp_path: Path) -> None:
+    alive = buffer(tmp_path, "alive")
+    alive.append(b"mine", 1)
+    other = buffer(tmp_path, "other")
+    assert other.adopt_orphans() == 0
+    assert drain(alive) == [b"mine"]
+
+
+def test_a_torn_tail_is_reported_and_the_intact_records_are_sent(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    first = buffer(tmp_path, "first")
+    records = payloads(5)
+    for rec in records:
+        first.append(rec, 1)
+    first.close()
+    [path] = tmp_path.glob("*.wal")
+    data = path.read_bytes()
+    path.write_bytes(data[:-7])  # the last frame cut short, as by a power loss
+    with caplog.at_level(logging.ERROR, "otaudit_sdk"):
+        second = buffer(tmp_path, "second")
+        assert second.adopt_orphans() == 4
+    assert drain(second) == records[:4]
+    assert "are damaged (a write torn by a crash)" in caplog.text
+
+
+def test_a_corrupt_acknowledgement_offset_resends_rather_than_skips(tmp_path: Path) -> None:
+    first = buffer(tmp_path, "first")
+    records = payloads(6)
+    for rec in records:
+        first.append(rec, 1)
+    batch = first.take(2, 1 << 20)
+    assert batch is not None
+    first.done(batch)
+    first.close()
+    [path] = tmp_path.glob("*.wal")
+    with path.open("r+b") as f:
+        f.seek(8)
+        f.write((12345).to_bytes(8, "little"))  # not a frame boundary
+    second = buffer(tmp_path, "second")
+    assert second.adopt_orphans() == 6  # resent from the start: the collector drops duplicates
+    assert drain(second) == records
+
+
+def test_a_foreign_file_is_set_aside_not_sent(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "junk.wal").write_bytes(b"not a buffer segment at all")
+    with caplog.at_level(logging.ERROR, "otaudit_sdk"):
+        buf = buffer(tmp_path)
+        assert buf.adopt_orphans() == 0
+    assert (tmp_path / "junk.damaged").exists()
+    assert "is not a buffer segment" in caplog.text
+
+
+def test_the_size_limit_refuses_instead_of_dropping(tmp_path: Path) -> None:
+    buf = buffer(tmp_path, max_bytes=1000)
+    kept = 0
+    with pytest.raises(BufferFull, match=r"holds \d+ undelivered events \(\d+ bytes, limit 1000\)"):
+        for rec in payloads(100):
+            buf.append(rec, 1)
+            kept += 1
+    assert buf.pending[0] == kept
+    batch = buf.take(1, 1 << 20)
+    assert batch is not None
+    buf.done(batch)
+    buf.append(b"room again", 1)
+    assert len(drain(buf)) == kept
+
+
+def test_fsync_mode_writes_through(tmp_path: Path) -> None:
+    buf = buffer(tmp_path, fsync_each=True)
+    buf.append(b"durable", 5)
+    [path] = tmp_path.glob("*.wal")
+    assert path.read_bytes().endswith(b"durable")
+    assert os.stat(path).st_mode & 0o777 == 0o600  # audit data is private to the service's user
+
+
+def test_memory_buffer_batches_and_limits() -> None:
+    buf = MemoryBuffer(b"res", max_bytes=100)
+    for rec in (b"a" * 30, b"b" * 30, b"c" * 30):
+        buf.append(rec, 1)
+    with pytest.raises(BufferFull):
+        buf.append(b"d" * 30, 2)
+    batch = buf.take(2, 1 << 20)
+    assert batch is not None and batch.records == [b"a" * 30, b"b" * 30]
+    buf.done(batch)
+    assert drain(buf) == [b"c" * 30]
+    assert buf.oldest_ns() is None
