@@ -66,29 +66,39 @@ def test_readme_quick_start_in_a_fresh_virtualenv(tmp_path: Path) -> None:
     try:
         assert proc.stdout is not None
         deadline = time.monotonic() + 600
-        grpc_target = ""
+        grpc_target = http_url = ""
         for line in proc.stdout:
             output.append(line)
-            found = re.match(r"\s+OTLP/gRPC\s+(\S+)", line)
-            if found:
-                grpc_target = found[1]
+            found = re.match(r"\s+OTLP/(gRPC|HTTP)\s+(\S+)", line)
+            if found and found[1] == "gRPC":
+                grpc_target = found[2]
+            elif found:
+                http_url = found[2]
             if line.startswith("Send events"):
                 break
             assert time.monotonic() < deadline, "quick start did not become ready in time"
         assert grpc_target, "the quick start never printed where it listens:\n" + "".join(output[-40:])
         threading.Thread(target=lambda: [output.append(line) for line in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
 
-        example = _block_after("## Sending an audit event", "python").replace("127.0.0.1:4317", grpc_target)
-        subprocess.run([sys.executable, "-c", example], check=True, timeout=60)
+        example = _block_after("## Sending an audit event from any OpenTelemetry client", "python")
+        subprocess.run([sys.executable, "-c", example.replace("127.0.0.1:4317", grpc_target)], check=True, timeout=60)
+        # The SDK's example, pointed at this collector the standard way; it delivers at exit.
+        sdk_example = _block_after("## Recording events from a service", "python")
+        assert len(sdk_example.splitlines()) < 10, "the README promises a first event in under ten lines"
+        sdk_env = {**os.environ, "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": http_url, "XDG_STATE_HOME": str(tmp_path / "state")}
+        subprocess.run([sys.executable, "-c", sdk_example], check=True, timeout=60, env=sdk_env)
 
         from pgserver import get_server
 
         server = get_server(work / "otaudit-data" / "postgres", cleanup_mode=None)
         with psycopg.connect(server.get_uri()) as conn:
-            row = conn.execute("SELECT tenant, event, category, doc FROM events").fetchone()
-        assert row is not None, "".join(output)
-        assert row[:3] == ("acme", "updateRole", "accounts_configuration")
-        assert row[3]["changes"] == [{"field": "permissions", "old": ["read"], "new": ["read", "export"]}]
+            stored = conn.execute("SELECT tenant, event, category, doc FROM events ORDER BY seq").fetchall()
+        assert len(stored) == 2, "".join(output)
+        for row in stored:
+            assert row[:3] == ("acme", "updateRole", "accounts_configuration")
+            assert row[3]["changes"] == [{"field": "permissions", "old": ["read"], "new": ["read", "export"]}]
+        assert stored[1][3]["source"]["service"] == "accounts-api"
+        assert stored[1][3]["target"] == {"type": "role", "id": "r-3", "name": "Auditors"}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(60)

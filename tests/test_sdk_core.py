@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import inspect
 import subprocess
 import sys
 import tomllib
@@ -21,7 +22,7 @@ from support import REPO
 import otaudit_sdk as audit
 from otaudit_collector.core.otlp_model import to_any_value
 from otaudit_sdk import _encode as enc
-from otaudit_sdk._config import settings_from
+from otaudit_sdk._config import ENVIRONMENT, settings_from
 from otaudit_sdk._event import uuid7
 from otaudit_sdk.testing import Captured, capture
 
@@ -347,6 +348,7 @@ def test_a_tenant_in_the_resource_serves_records_without_one() -> None:
 def test_the_sdk_depends_on_opentelemetry_packages_only() -> None:
     project = tomllib.loads((REPO / "sdk" / "pyproject.toml").read_text())["project"]
     assert all(dep.startswith("opentelemetry-") for dep in project["dependencies"])
+    assert project["version"] == audit.__version__
     assert (REPO / "sdk" / "otaudit_sdk" / "py.typed").exists()
 
 
@@ -365,3 +367,37 @@ def test_extra_attributes_travel_with_the_event() -> None:
         audit.record("login", category="site_access", actor=audit.Actor.user("u-1"), attributes={"http.route": "/login"})
     event = captured.one()
     assert event.attributes["http.route"] == "/login"
+
+
+# -- the README keeps up ------------------------------------------------------------------
+
+README = (REPO / "README.md").read_text(encoding="utf-8")
+SDK_SECTION = README[README.index("## Recording events from a service") : README.index("## Sending an audit event from any")]
+
+
+@pytest.mark.parametrize("name", sorted(ENVIRONMENT))
+def test_every_sdk_variable_is_documented(name: str) -> None:
+    assert f"`{name}`" in SDK_SECTION
+
+
+@pytest.mark.parametrize(
+    "name",
+    sorted(
+        (set(inspect.signature(settings_from).parameters) | set(inspect.signature(audit.configure).parameters))
+        - {"environ", "options"}
+    ),
+)
+def test_every_configure_argument_is_documented(name: str) -> None:
+    assert f"`{name}`" in SDK_SECTION
+
+
+def test_the_readme_testing_example_runs() -> None:
+    block = SDK_SECTION[SDK_SECTION.index("from otaudit_sdk.testing import capture") :]
+    code = block[: block.index("```")]
+
+    def grant_role(user: str, role: str) -> None:
+        audit.record(
+            "addRole", category="accounts_configuration", actor=audit.Actor.user(user), target=audit.Target("role", role)
+        )
+
+    exec(code, {"grant_role": grant_role})

@@ -24,7 +24,7 @@ from typing import Any
 
 from otaudit_sdk import attributes
 from otaudit_sdk._audited import Audited, AuditScope
-from otaudit_sdk._client import AuditClient, BufferFullError, NotConfiguredError, Status
+from otaudit_sdk._client import SCOPE_VERSION, AuditClient, BufferFullError, NotConfiguredError, Status
 from otaudit_sdk._config import settings_from
 from otaudit_sdk._encode import EncodeError
 from otaudit_sdk._model import Actor, Change, Target, changes
@@ -53,7 +53,7 @@ __all__ = [
     "attributes",
 ]
 
-__version__ = "0.2.0"
+__version__ = SCOPE_VERSION
 
 _current: AuditClient | None = None
 _configure_lock = threading.Lock()
