@@ -216,12 +216,21 @@ class FileBuffer(Buffer):
             self._release_if_done(self._active)
         self._serial += 1
         path = self.directory / f"{self._instance}-{self._serial:06d}.wal"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        # Locked and complete before it gets its .wal name, so no other process sees it unowned.
+        making = path.with_suffix(".new")
+        fd = os.open(making, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        head = _MAGIC + _OFFSET.pack(0) + _frame(self._resource, 0)
-        _write_all(fd, head, 0)
-        seg = _Segment(path, fd, self._resource, len(head), len(head), 0)
-        os.pwrite(fd, _OFFSET.pack(seg.acked), 8)
+        start = _HEADER + _FRAME.size + len(self._resource)
+        _write_all(fd, _MAGIC + _OFFSET.pack(start) + _frame(self._resource, 0), 0)
+        os.rename(making, path)
+        if self.fsync_each:  # the new name must survive a power loss too
+            os.fsync(fd)
+            folder = os.open(self.directory, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+        seg = _Segment(path, fd, self._resource, start, start, 0)
         self._segments.append(seg)
         self._active = seg
         return seg
