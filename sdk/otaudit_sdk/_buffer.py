@@ -128,7 +128,8 @@ class MemoryBuffer(Buffer):
             self._items.append((now_ns, record))
             self._bytes += len(record)
             self._count += 1
-        self.has_data.set()
+        if not self.has_data.is_set():
+            self.has_data.set()
 
     def take(self, max_records: int, max_bytes: int) -> Batch | None:
         with self._lock:
@@ -208,7 +209,8 @@ class FileBuffer(Buffer):
             seg.count += 1
             self._count += 1
             self._bytes += len(frame)
-        self.has_data.set()
+        if not self.has_data.is_set():  # waking the sender is the costly part
+            self.has_data.set()
 
     def _new_segment(self) -> _Segment:
         if self._active is not None:

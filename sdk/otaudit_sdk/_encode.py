@@ -62,31 +62,87 @@ def _field(tag: bytes, payload: bytes) -> bytes:
 
 
 def any_value(value: Any, path: str = "value", depth: int = 0) -> bytes:
-    """The bytes of one ``AnyValue`` (``None`` is the empty AnyValue)."""
-    if isinstance(value, str):
-        return _field(b"\x0a", _utf8(value, path))
+    """The bytes of one ``AnyValue`` (``None`` is the empty AnyValue).
+
+    Raises ``EncodeError`` naming the path of a value that cannot be sent (``path`` is
+    the name of ``value`` itself).
+    """
+    try:
+        return _any(value, depth)
+    except _Unsendable as exc:
+        raise EncodeError(f"{path}{''.join(reversed(exc.where))}: {exc.reason}") from None
+
+
+class _Unsendable(Exception):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self.where: list[str] = []
+
+
+def _any(value: Any, depth: int) -> bytes:
+    kind = type(value)  # exact types first: the common case, without isinstance chains
+    if kind is str:
+        return _field(b"\x0a", _text(value))
+    if kind is dict:
+        return _field(b"\x32", _kvlist(value, depth))
+    if kind is list:
+        return _field(b"\x2a", _array(value, depth))
     if value is None:
         return b""
-    if isinstance(value, bool):
+    if kind is bool:
         return b"\x10\x01" if value else b"\x10\x00"
-    if isinstance(value, int):
+    if kind is int or isinstance(value, int):  # bool, an int subclass, was taken above
         if not _INT64_MIN <= value <= _INT64_MAX:
-            raise EncodeError(f"{path}: integer {value} does not fit in 64 bits; send it as a string")
+            raise _Unsendable(f"integer {value} does not fit in 64 bits; send it as a string")
         return b"\x18" + varint(value & 0xFFFFFFFFFFFFFFFF)
-    if isinstance(value, float):
+    if kind is float or isinstance(value, float):
         return b"\x21" + _DOUBLE(value)
-    if depth >= _MAX_DEPTH:
-        raise EncodeError(f"{path}: nested more than {_MAX_DEPTH} levels deep")
+    if isinstance(value, str):
+        return _field(b"\x0a", _text(value))
     if isinstance(value, Mapping):
-        inner = b"".join(_field(b"\x0a", _key_value(k, v, path, depth + 1)) for k, v in value.items())
-        return _field(b"\x32", inner)
+        return _field(b"\x32", _kvlist(value, depth))
     if isinstance(value, (bytes, bytearray, memoryview)):
         return _field(b"\x3a", bytes(value))
-    if isinstance(value, (list, tuple, set, frozenset)):
-        items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
-        inner = b"".join(_field(b"\x0a", any_value(v, f"{path}[{i}]", depth + 1)) for i, v in enumerate(items))
-        return _field(b"\x2a", inner)
-    return any_value(_plain(value, path), path, depth)
+    if isinstance(value, (list, tuple)):
+        return _field(b"\x2a", _array(value, depth))
+    if isinstance(value, (set, frozenset)):
+        return _field(b"\x2a", _array(sorted(value, key=repr), depth))
+    return _any(_plain(value), depth)
+
+
+def _kvlist(value: Mapping[Any, Any], depth: int) -> bytes:
+    if depth >= _MAX_DEPTH:
+        raise _Unsendable(f"nested more than {_MAX_DEPTH} levels deep")
+    parts = []
+    for key, item in value.items():
+        if type(key) is not str and not isinstance(key, str):
+            raise _Unsendable(f"map key {key!r} is a {type(key).__name__}; keys must be strings")
+        try:
+            parts.append(_field(b"\x0a", _field(b"\x0a", _text(key)) + _field(b"\x12", _any(item, depth + 1))))
+        except _Unsendable as exc:
+            exc.where.append(f".{key}")
+            raise
+    return b"".join(parts)
+
+
+def _array(value: Sequence[Any], depth: int) -> bytes:
+    if depth >= _MAX_DEPTH:
+        raise _Unsendable(f"nested more than {_MAX_DEPTH} levels deep")
+    parts = []
+    for index, item in enumerate(value):
+        try:
+            parts.append(_field(b"\x0a", _any(item, depth + 1)))
+        except _Unsendable as exc:
+            exc.where.append(f"[{index}]")
+            raise
+    return b"".join(parts)
+
+
+def _text(text: str) -> bytes:
+    try:
+        return text.encode()
+    except UnicodeEncodeError as exc:
+        raise _Unsendable(f"text has a lone surrogate at position {exc.start}, which is not valid UTF-8") from None
 
 
 def _utf8(text: str, path: str) -> bytes:
@@ -96,11 +152,11 @@ def _utf8(text: str, path: str) -> bytes:
         raise EncodeError(f"{path}: text has a lone surrogate at position {exc.start}, which is not valid UTF-8") from None
 
 
-def _plain(value: Any, path: str) -> Any:
+def _plain(value: Any) -> Any:
     """Common Python values that have an obvious wire form."""
     if isinstance(value, _dt.datetime):
         if value.tzinfo is None:
-            raise EncodeError(f"{path}: datetime {value.isoformat()} has no time zone; pass an aware datetime")
+            raise _Unsendable(f"datetime {value.isoformat()} has no time zone; pass an aware datetime")
         return value.isoformat()
     if isinstance(value, (_dt.date, _dt.time)):
         return value.isoformat()
@@ -112,15 +168,7 @@ def _plain(value: Any, path: str) -> Any:
         return value.as_map()
     if isinstance(value, Sequence):
         return list(value)
-    raise EncodeError(
-        f"{path}: a {type(value).__name__} cannot be sent; use str, int, float, bool, bytes, None, lists or dicts of them"
-    )
-
-
-def _key_value(key: Any, value: Any, path: str, depth: int) -> bytes:
-    if not isinstance(key, str):
-        raise EncodeError(f"{path}: map key {key!r} is a {type(key).__name__}; keys must be strings")
-    return _field(b"\x0a", _utf8(key, path)) + _field(b"\x12", any_value(value, f"{path}.{key}", depth))
+    raise _Unsendable(f"a {type(value).__name__} cannot be sent; use str, int, float, bool, bytes, None, lists or dicts of them")
 
 
 def key_prefix(key: str) -> bytes:
@@ -170,8 +218,11 @@ def log_record(
 
 
 def resource(attributes: Mapping[str, Any]) -> bytes:
-    """The bytes of a Resource with these attributes."""
-    return b"".join(_field(b"\x0a", _key_value(k, v, "resource", 0)) for k, v in attributes.items())
+    """The bytes of a Resource with these attributes (the same framing as a KeyValueList)."""
+    try:
+        return _kvlist(attributes, 0)
+    except _Unsendable as exc:
+        raise EncodeError(f"resource{''.join(reversed(exc.where))}: {exc.reason}") from None
 
 
 def scope(name: str, version: str) -> bytes:
