@@ -450,3 +450,63 @@ def test_a_wrong_token_is_retried_not_dead_lettered(
     assert sorted(fake.stored) == sorted(ids)
     assert dead_letters(buffer_dir) == []
     assert "s3cret-token" not in caplog.text
+
+
+def test_over_http_retry_after_is_honoured_and_partial_success_is_read(
+    buffer_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A plain HTTP server playing a busy collector, then one that names a rejected record."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest, ExportLogsServiceResponse
+
+    seen: list[tuple[float, list[str]]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            request = ExportLogsServiceRequest.FromString(body)
+            ids = [uid(r) for r in request.resource_logs[0].scope_logs[0].log_records]
+            seen.append((time.monotonic(), ids))
+            if len(seen) == 1:
+                self.send_response(503)
+                self.send_header("Retry-After", "1")
+                self.end_headers()
+                return
+            answer = ExportLogsServiceResponse()
+            if len(ids) > 1:
+                answer.partial_success.rejected_log_records = 1
+                answer.partial_success.error_message = (
+                    "1 record(s) rejected and quarantined: record 1 "
+                    "(resource_logs[0].scope_logs[0].log_records[1], event 'siteAccess'): details.method: not allowed"
+                )
+            payload = answer.SerializeToString()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = client_for(f"http://127.0.0.1:{server.server_port}/v1/logs", buffer_dir, protocol="http")
+        first = record_good(client)  # answered 503 Retry-After: 1
+        wait_until(lambda: len(seen) == 1, what="the first request")
+        more = record_good(client, 4)
+        assert client.flush(30)
+        client.shutdown()
+    finally:
+        server.shutdown()
+    assert seen[1][0] - seen[0][0] >= 1.0  # waited as long as Retry-After asked
+    delivered = [i for _, ids in seen[1:] for i in ids]
+    assert sorted(set(delivered)) == sorted(first + more)
+    rejected = next(ids for _, ids in seen[1:] if len(ids) > 1)[1]
+    [letter] = dead_letters(buffer_dir)
+    assert letter["id"] == rejected
+    assert letter["reason"].startswith("record 1 (resource_logs[0].scope_logs[0].log_records[1]")
+    assert "details.method: not allowed" in caplog.text  # the log line carries the collector's words
+    assert client.status().rejected == 1
