@@ -113,6 +113,16 @@ def test_events_are_stored_with_every_contract_field(collector: RunningCollector
     assert list(buffer_dir.glob("*.wal")) == []  # delivered segments are deleted
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_gzip_compression_reaches_the_collector(collector: RunningCollector, buffer_dir: Path, protocol: str) -> None:
+    endpoint = f"http://{collector.grpc_target}" if protocol == "grpc" else collector.http_url
+    client = client_for(endpoint, buffer_dir, protocol, compression="gzip")
+    ids = record_good(client, 20)
+    assert client.flush(30)
+    client.shutdown()
+    assert sorted(stored_ids(collector.conninfo)) == sorted(ids)
+
+
 def test_schema_rejects_reach_the_dead_letter_file_with_the_collector_message(
     collector: RunningCollector, buffer_dir: Path
 ) -> None:

@@ -13,9 +13,9 @@ transports return it whole, classified for the sender:
 
 from __future__ import annotations
 
-import email.utils
-import gzip
+import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -137,11 +137,15 @@ class HttpTransport:
             self._session.headers["Content-Encoding"] = "gzip"
         if certificate:
             self._session.verify = certificate
-        self._gzip = gzip_body
+        self._compress: Callable[[bytes], bytes] | None = None
+        if gzip_body:
+            import gzip
+
+            self._compress = functools.partial(gzip.compress, compresslevel=5)
         self._requests = requests
 
     def send(self, body: bytes, timeout: float) -> Answer:
-        data = gzip.compress(body, compresslevel=5) if self._gzip else body
+        data = self._compress(body) if self._compress is not None else body
         try:
             reply = self._session.post(self._url, data=data, timeout=timeout)
         except self._requests.RequestException as exc:
@@ -179,6 +183,8 @@ def _retry_after(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         pass
+    import email.utils
+
     try:
         return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
