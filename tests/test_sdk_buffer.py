@@ -152,3 +152,49 @@ def test_memory_buffer_batches_and_limits() -> None:
     buf.done(batch)
     assert drain(buf) == [b"c" * 30]
     assert buf.oldest_ns() is None
+
+
+def test_a_fully_delivered_segment_of_a_dead_process_is_not_sent_again(tmp_path: Path) -> None:
+    first = buffer(tmp_path, "first")
+    for rec in payloads(5):
+        first.append(rec, 1)
+    assert len(drain(first)) == 5
+    for seg in first._segments:  # the process dies: descriptors closed, nothing else done
+        os.close(seg.fd)
+    assert len(list(tmp_path.glob("first-*.wal"))) == 1
+    second = buffer(tmp_path, "second")
+    assert second.adopt_orphans() == 0
+    assert list(tmp_path.glob("first-*.wal")) == []
+
+
+def test_orphans_are_adopted_only_while_there_is_room(tmp_path: Path) -> None:
+    for name in ("one", "two"):
+        dead = buffer(tmp_path, name)
+        for rec in payloads(20):
+            dead.append(rec, 1)
+        dead.close()
+    size = sum(p.stat().st_size for p in tmp_path.glob("*.wal")) // 2
+    heir = buffer(tmp_path, "heir", max_bytes=size + size // 2)
+    assert heir.adopt_orphans() == 20  # the second would pass the limit: it waits on disk
+    assert len(drain(heir)) == 20
+    assert heir.adopt_orphans() == 20
+    assert len(drain(heir)) == 20
+
+
+def test_a_segment_left_half_created_is_cleaned_up(tmp_path: Path) -> None:
+    (tmp_path / "dead-000001.new").write_bytes(b"OTAUDWAL")
+    buf = buffer(tmp_path)
+    buf.adopt_orphans()
+    assert list(tmp_path.glob("*.new")) == []
+
+
+def test_a_closed_buffer_takes_and_acknowledges_nothing(tmp_path: Path) -> None:
+    buf = buffer(tmp_path)
+    buf.append(b"late", 1)
+    batch = buf.take(10, 1 << 20)
+    assert batch is not None
+    buf.close()
+    buf.done(batch)  # the answer came after close(): the next process sends it again
+    assert buf.take(10, 1 << 20) is None
+    heir = buffer(tmp_path, "heir")
+    assert heir.adopt_orphans() == 1

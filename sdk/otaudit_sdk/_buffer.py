@@ -190,6 +190,7 @@ class FileBuffer(Buffer):
         self._segments: list[_Segment] = []
         self._active: _Segment | None = None
         self._dirty = False
+        self._closed = False
 
     # -- writing (caller threads) ------------------------------------------------------
 
@@ -213,7 +214,12 @@ class FileBuffer(Buffer):
             self.has_data.set()
 
     def _new_segment(self) -> _Segment:
+        if self._closed:
+            raise BufferFull("the audit buffer is closed")
         if self._active is not None:
+            if self._dirty:  # what the interval sync would have covered
+                os.fdatasync(self._active.fd)
+                self._dirty = False
             self._active.sealed = True
             self._release_if_done(self._active)
         self._serial += 1
@@ -239,21 +245,22 @@ class FileBuffer(Buffer):
 
     def sync(self) -> None:
         with self._lock:
-            if not self._dirty or self._active is None:
+            if not self._dirty or self._active is None or self._closed:
                 return
             self._dirty = False
-            fd = self._active.fd
-        os.fdatasync(fd)
+            os.fdatasync(self._active.fd)  # under the lock: close() must not close it meanwhile
 
     # -- sending (the sender thread) ---------------------------------------------------
 
     def take(self, max_records: int, max_bytes: int) -> Batch | None:
         with self._lock:
             seg = next((s for s in self._segments if s.count), None)
-            if seg is None:
+            if seg is None or self._closed:
                 self.has_data.clear()
                 return None
             start, end, fd, resource = seg.acked, seg.written, seg.fd, seg.resource
+        # Read outside the lock, so appends do not wait: the sender is the only reader, and
+        # close() comes after the sender has stopped.
         data = os.pread(fd, min(end - start, max(max_bytes, 1 << 16)), start)
         records: list[bytes] = []
         size = 0
@@ -278,6 +285,8 @@ class FileBuffer(Buffer):
         seg = batch.segment
         assert seg is not None
         with self._lock:
+            if self._closed:  # delivered after close(): sent again by the next process, stored once
+                return
             seg.acked = batch.end
             seg.count -= len(batch.records)
             self._count -= len(batch.records)
@@ -309,6 +318,7 @@ class FileBuffer(Buffer):
         with self._lock:
             mine = {s.path for s in self._segments}
         adopted = 0
+        _remove_unfinished(self.directory, self._instance)
         for path in sorted(self.directory.glob("*.wal"), key=_age):
             if path in mine:
                 continue
@@ -316,7 +326,9 @@ class FileBuffer(Buffer):
             if seg is None:
                 continue
             with self._lock:
-                if seg.count:
+                if seg.count and self._bytes and self._bytes + seg.written - seg.acked > self.max_bytes:
+                    os.close(seg.fd)  # no room now: leave it on disk for later (or another process)
+                elif seg.count:
                     self._segments.insert(sum(1 for s in self._segments if s.adopted), seg)
                     self._count += seg.count
                     self._bytes += seg.written - seg.acked
@@ -344,6 +356,7 @@ class FileBuffer(Buffer):
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             for seg in list(self._segments):
                 seg.sealed = True
                 if seg.count == 0:
@@ -382,6 +395,24 @@ def _discard(seg: _Segment) -> None:
     os.close(seg.fd)
 
 
+def _remove_unfinished(directory: Path, instance: str) -> None:
+    """Delete ``.new`` files of processes that died while creating a segment (no records yet)."""
+    for path in directory.glob("*.new"):
+        if path.name.startswith(f"{instance}-"):
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            path.unlink(missing_ok=True)
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(fd)
+
+
 def _adopt(path: Path) -> _Segment | None:
     """Lock and read a segment nobody holds; None when it is held or gone."""
     try:
@@ -405,7 +436,8 @@ def _adopt(path: Path) -> _Segment | None:
     (acked,) = _OFFSET.unpack_from(data, 8)
     boundaries = [start for start, _end in frames[1:]]
     valid_end = frames[-1][1]
-    if acked not in boundaries:
+    if acked != valid_end and acked not in boundaries:
+        # Not where an intact record ends: resend rather than skip (the collector drops duplicates).
         acked = boundaries[0] if boundaries else valid_end
     if valid_end < len(data):
         _log.error(
