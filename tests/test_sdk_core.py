@@ -3,11 +3,14 @@ the event built by ``record()``, the helpers, ``testing.capture`` and the settin
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import enum
 import inspect
 import subprocess
 import sys
+import threading
 import tomllib
 import uuid
 from decimal import Decimal
@@ -190,6 +193,9 @@ def test_record_without_a_span_or_time_uses_now_and_no_trace() -> None:
         ({"occurred_at": dt.datetime(2026, 1, 1)}, ValueError, "occurred_at has no time zone"),
         ({"occurred_at": 1700000000}, TypeError, "occurred_at must be a datetime"),
         ({"details": {"when": object()}}, enc.EncodeError, r"audit.details.when: a object cannot be sent"),
+        ({"attributes": {"log.record.uid": "fixed"}}, ValueError, "'log.record.uid' is set by record"),
+        ({"attributes": {"audit.tenant.id": "other"}}, ValueError, "'audit.tenant.id' is set by record"),
+        ({"occurred_at": dt.datetime(1969, 12, 31, tzinfo=dt.UTC)}, ValueError, "is not after 1970-01-01"),
     ],
 )
 def test_record_refuses_what_the_collector_would_reject(kwargs: dict[str, Any], error: type[Exception], words: str) -> None:
@@ -231,6 +237,12 @@ def test_actor_checks_its_type_and_identity() -> None:
         audit.Actor.user()
     with pytest.raises(TypeError, match="not one string"):
         audit.Actor("user", "u-1", roles="admin")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"Actor.id must be a string, got int 17"):
+        audit.Actor.user(17)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"Target.id must be a string, got int 42"):
+        audit.Target("role", 42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="actor roles must be strings"):
+        audit.Actor.user("u-1", roles=[1])  # type: ignore[list-item]
     moved = audit.Actor.user("u-1").at("198.51.100.7", user_agent="curl/8")
     assert (moved.id, moved.address, moved.user_agent) == ("u-1", "198.51.100.7", "curl/8")
     assert audit.Actor.user(email="a@b.test", roles=["x", "y"]).roles == ("x", "y")
@@ -267,6 +279,57 @@ def test_audited_records_success_failure_and_denied() -> None:
     assert (ok.outcome, ok.details, ok.target) == ("success", {"via": "ui", "count": 3}, {"type": "asset_group", "id": "g-1"})
     assert (failed.outcome, failed.reason) == ("failure", "KeyError: 'g-2'")
     assert (denied.outcome, denied.reason) == ("denied", "PermissionError: not an admin")
+
+
+def test_audited_coroutines_record_when_they_end() -> None:
+    @audit.audited("deleteRole", category="accounts_configuration", actor=audit.Actor.user("u-1"))
+    async def delete(role: str) -> str:
+        await asyncio.sleep(0)
+        if role == "admin":
+            raise PermissionError("the admin role stays")
+        return role
+
+    assert inspect.iscoroutinefunction(delete)  # frameworks still see an async handler
+
+    async def main() -> None:
+        assert await delete("r-1") == "r-1"
+        with pytest.raises(PermissionError):
+            await delete("admin")
+
+    with capture() as captured:
+        asyncio.run(main())
+    assert [(e.outcome, e.reason) for e in captured.events] == [
+        ("success", None),
+        ("denied", "PermissionError: the admin role stays"),
+    ]
+
+
+def test_one_audited_object_shared_by_threads_keeps_their_scopes_apart() -> None:
+    shared = audit.audited("updateRole", category="accounts_configuration", actor=audit.Actor.user("u-1"))
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+    def first() -> None:  # enters first, leaves first, raising
+        with contextlib.suppress(ValueError), shared as scope:
+            scope.details["who"] = "a"
+            a_in.set()
+            b_in.wait(5)
+            raise ValueError("a failed")
+        a_out.set()
+
+    def second() -> None:
+        a_in.wait(5)
+        with shared as scope:
+            scope.details["who"] = "b"
+            b_in.set()
+            a_out.wait(5)
+
+    with capture() as captured:
+        threads = [threading.Thread(target=first), threading.Thread(target=second)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert sorted((e.details["who"], e.outcome) for e in captured.events) == [("a", "failure"), ("b", "success")]
 
 
 def test_audited_as_a_decorator_records_each_call() -> None:
@@ -325,13 +388,14 @@ def test_settings_follow_the_standard_variables() -> None:
         ({"endpoint": "collector:4318"}, "must start with http:// or https://"),
         ({"tenant": "a b"}, "not a valid tenant id"),
         ({"max_buffer_bytes": 0}, "max_buffer_bytes must be at least 1"),
-        ({"environ": {"OTEL_EXPORTER_OTLP_HEADERS": "novalue"}}, "'novalue' is not key=value"),
+        ({"environ": {"OTEL_EXPORTER_OTLP_HEADERS": "x=1,Authorization: Bearer s3cr3t"}}, "entry 2 is not key=value"),
     ],
 )
 def test_bad_settings_are_refused_at_configure(kwargs: dict[str, Any], words: str) -> None:
     kwargs.setdefault("environ", {})
-    with pytest.raises(ValueError, match=words):
+    with pytest.raises(ValueError, match=words) as refused:
         settings_from(**kwargs)
+    assert "s3cr3t" not in str(refused.value)
 
 
 def test_a_tenant_in_the_resource_serves_records_without_one() -> None:

@@ -310,7 +310,7 @@ def test_a_full_buffer_raises_a_clear_error_and_drops_nothing(db: str, buffer_di
 _FORKING = """
 import os, sys
 import otaudit_sdk as audit
-audit.configure(endpoint=sys.argv[1], protocol="grpc", service_name="web", tenant="acme", buffer_dir=sys.argv[2])
+audit.configure(endpoint=sys.argv[1], protocol=sys.argv[3], service_name="web", tenant="acme", buffer_dir=sys.argv[2])
 actor = audit.Actor.user("u-1")
 audit.record("siteAccess", category="site_access", actor=actor)
 children = []
@@ -329,10 +329,12 @@ print("children", codes, "parent", audit.flush(30), flush=True)
 """
 
 
-def test_forked_workers_each_deliver_their_own_events(collector: RunningCollector, buffer_dir: Path) -> None:
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_forked_workers_each_deliver_their_own_events(collector: RunningCollector, buffer_dir: Path, protocol: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO / "sdk")}
+    endpoint = f"http://{collector.grpc_target}" if protocol == "grpc" else collector.http_url
     out = subprocess.run(
-        [sys.executable, "-c", _FORKING, f"http://{collector.grpc_target}", str(buffer_dir)],
+        [sys.executable, "-c", _FORKING, endpoint, str(buffer_dir), protocol],
         capture_output=True,
         text=True,
         env=env,
@@ -520,3 +522,59 @@ def test_over_http_retry_after_is_honoured_and_partial_success_is_read(
     assert letter["reason"].startswith("record 1 (resource_logs[0].scope_logs[0].log_records[1]")
     assert "details.method: not allowed" in caplog.text  # the log line carries the collector's words
     assert client.status().rejected == 1
+
+
+def test_a_broken_collector_is_retried_not_dead_lettered(fake: FakeCollector, buffer_dir: Path) -> None:
+    answers = iter([Reply(grpc.StatusCode.INTERNAL, "database error"), Reply(grpc.StatusCode.UNKNOWN, "Stream removed")])
+    fake.answer = lambda records: next(answers, Reply())
+    client = client_for(fake.endpoint, buffer_dir, protocol="grpc")
+    ids = record_good(client, 10)
+    assert client.flush(30)
+    client.shutdown()
+    assert sorted(fake.stored) == sorted(ids)
+    assert dead_letters(buffer_dir) == []
+    assert client.status().retries == 2
+
+
+def test_a_200_that_is_not_otlp_does_not_count_as_delivered(buffer_dir: Path) -> None:
+    """An endpoint pointing at some web page (an ingress default backend) acknowledges nothing."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    received: list[str] = []
+    pages = [0]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if pages[0] < 2:
+                pages[0] += 1
+                kind, payload = "text/html", b"<html>default backend</html>"
+            else:
+                request = ExportLogsServiceRequest.FromString(body)
+                received.extend(uid(r) for r in request.resource_logs[0].scope_logs[0].log_records)
+                kind, payload = "application/x-protobuf", b""
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = client_for(f"http://user:pw@127.0.0.1:{server.server_port}/v1/logs", buffer_dir, protocol="http")
+        ids = record_good(client, 3)
+        wait_until(lambda: pages[0] == 2, what="two HTML answers")
+        assert "answered 200 with text/html: not an OTLP/HTTP endpoint" in client.status().last_error
+        assert "pw" not in client.status().last_error
+        assert client.flush(30)
+        client.shutdown()
+    finally:
+        server.shutdown()
+    assert sorted(received) == sorted(ids)
+    assert dead_letters(buffer_dir) == []

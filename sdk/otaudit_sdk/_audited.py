@@ -1,15 +1,19 @@
 """``audited``: record an event for a block of code, with its outcome.
 
 As a context manager the block may add details, changes, a target or a reason as it
-learns them; as a decorator each call records one event. If the block raises, the event
+learns them; as a decorator (of a function or a coroutine function) each call records
+one event. One ``audited(...)`` object may be entered by several threads or tasks at
+once: each gets its own scope. If the block raises, the event
 is recorded with outcome ``failure`` (``denied`` for the exceptions in ``denied_on``) and
 the exception's text as the reason, and the exception propagates unchanged.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
-from collections.abc import Callable, Mapping, Sequence
+import inspect
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
@@ -55,15 +59,16 @@ class Audited:
         self._fixed = {"category": category, "actor": actor, **options}
         self._start = (target, details, changes)
         self._denied_on = denied_on
-        self._scopes: list[AuditScope] = []
+        self._scopes: contextvars.ContextVar[tuple[AuditScope, ...]] = contextvars.ContextVar("otaudit_scopes", default=())
 
     def __enter__(self) -> AuditScope:
         scope = AuditScope(*self._start)
-        self._scopes.append(scope)
+        self._scopes.set((*self._scopes.get(), scope))
         return scope
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        scope = self._scopes.pop()
+        *outer, scope = self._scopes.get()
+        self._scopes.set(tuple(outer))
         outcome = scope.outcome or "success"
         reason = scope.reason
         if exc is not None:
@@ -80,17 +85,20 @@ class Audited:
         )
 
     def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
+        if inspect.iscoroutinefunction(func):
+            return self._wrap_coroutine(func)  # type: ignore[return-value]
+
         @functools.wraps(func)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            with Audited(
-                self._record,
-                self._event,
-                target=self._start[0],
-                details=self._start[1],
-                changes=self._start[2],
-                denied_on=self._denied_on,
-                **self._fixed,
-            ):
+            with self:
                 return func(*args, **kwargs)
+
+        return wrapper
+
+    def _wrap_coroutine(self, func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        @functools.wraps(func)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            with self:  # the event is recorded when the coroutine ends, not when it is created
+                return await func(*args, **kwargs)
 
         return wrapper

@@ -43,10 +43,12 @@ class BufferFullError(RuntimeError):
     events. Nothing was dropped: the event was not recorded, and the caller decides
     (fail the request, wait and retry, raise the limit, bring the collector back)."""
 
-    def __init__(self, message: str, *, event: str, id: str) -> None:
+    def __init__(self, message: str, *, event: str, id: str, record: bytes) -> None:
         super().__init__(message)
         self.event = event
         self.id = id
+        self.record = record
+        """The encoded OTLP LogRecord, for a handler that keeps it elsewhere."""
 
 
 class NotConfiguredError(RuntimeError):
@@ -188,10 +190,11 @@ class AuditClient:
         )
         with self._lock:
             sequence = self._sequence + 1
+            encoded += _event.sequence_attribute(sequence)
             try:
-                self.buffer.append(encoded + _event.sequence_attribute(sequence), now_ns)
+                self.buffer.append(encoded, now_ns)
             except BufferFull as exc:
-                error = BufferFullError(f"audit event '{event}' ({uid}) not recorded: {exc}", event=event, id=uid)
+                error = BufferFullError(f"audit event '{event}' ({uid}) not recorded: {exc}", event=event, id=uid, record=encoded)
             else:
                 self._sequence = sequence
                 self._recorded += 1
@@ -261,7 +264,9 @@ class AuditClient:
 
     def handle_sigterm(self) -> None:
         """On SIGTERM: deliver for up to ``exit_timeout_seconds``, then let the signal's
-        previous handler (or the default, ending the process) take its course."""
+        previous handler (or the default, ending the process) take its course. The client
+        stays open, so a server draining its requests can still record; what they record
+        is delivered at exit, or stays buffered for the next start."""
         previous = signal.getsignal(signal.SIGTERM)
 
         def on_term(signum: int, frame: FrameType | None) -> None:
@@ -270,7 +275,7 @@ class AuditClient:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
             def finish() -> None:
-                self.shutdown()
+                self.flush(self.settings.exit_timeout_seconds)
                 os.kill(os.getpid(), signal.SIGTERM)
 
             threading.Thread(target=finish, name="otaudit-sigterm", daemon=True).start()

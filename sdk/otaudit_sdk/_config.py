@@ -80,12 +80,12 @@ def _headers(text: str | None, source: str) -> dict[str, str]:
     from urllib.parse import unquote
 
     out = {}
-    for item in text.split(","):
+    for number, item in enumerate(text.split(","), 1):
         if not item.strip():
             continue
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"{source}: '{item.strip()}' is not key=value")
+            raise ValueError(f"{source}: entry {number} is not key=value (its text is not shown: it may hold a secret)")
         out[unquote(key.strip()).lower()] = unquote(value.strip())
     return out
 

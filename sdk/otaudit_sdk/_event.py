@@ -76,7 +76,14 @@ def time_ns_of(when: _dt.datetime) -> int:
     if when.tzinfo is None:
         raise ValueError("occurred_at has no time zone; pass an aware datetime (datetime.now(timezone.utc))")
     delta = when - _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+    ns = (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+    if ns <= 0:
+        raise ValueError(f"occurred_at {when.isoformat()} is not after 1970-01-01")
+    return ns
+
+
+def _is_contract_name(key: str) -> bool:
+    return key in _KEY or (key.startswith(("audit.", "user.")) and not key.startswith("audit.details."))
 
 
 def sequence_attribute(sequence: int) -> bytes:
@@ -140,6 +147,10 @@ def encode_event(
         parts.append(s(k[a.REASON], reason, a.REASON))
     if extra:
         for key, value in extra.items():
+            if not isinstance(key, str) or _is_contract_name(key):
+                raise ValueError(
+                    f"attribute {key!r} is set by record()'s own arguments (or reserved for the contract); pass it there"
+                )
             parts.append(enc.attribute(enc.key_prefix(key), value, key))
     trace_id, span_id, flags = trace if trace is not None else (None, None, 0)
     return enc.log_record(

@@ -31,6 +31,7 @@ class Actor:
     session_id: str | None = None
 
     def __post_init__(self) -> None:
+        _check_text(self, ("id", "email", "name", "address", "user_agent", "session_id"))
         if self.type not in ACTOR_TYPES:
             raise ValueError(f"actor type {self.type!r} is not one of {', '.join(ACTOR_TYPES)}")
         if self.type in ("user", "support") and not (self.id or self.email):
@@ -40,6 +41,8 @@ class Actor:
             raise TypeError("actor roles must be a sequence of strings, not one string")
         if not isinstance(roles, tuple):
             object.__setattr__(self, "roles", tuple(self.roles))
+        if not all(isinstance(role, str) for role in self.roles):
+            raise TypeError(f"actor roles must be strings, got {self.roles!r}")
 
     @classmethod
     def user(
@@ -90,8 +93,16 @@ class Target:
     name: str | None = None
 
     def __post_init__(self) -> None:
+        _check_text(self, ("type", "id", "name"))
         if not self.type:
             raise ValueError("a target needs a type")
+
+
+def _check_text(value: object, fields: tuple[str, ...]) -> None:
+    for name in fields:
+        got = getattr(value, name)
+        if got is not None and not isinstance(got, str):
+            raise TypeError(f"{type(value).__name__}.{name} must be a string, got {type(got).__name__} {got!r}")
 
 
 _ABSENT: Final = object()

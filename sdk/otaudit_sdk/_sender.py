@@ -31,7 +31,8 @@ __all__ = ["Sender", "Rejected", "Counters"]
 
 _log = logging.getLogger("otaudit_sdk")
 
-_NAMED = re.compile(r"record \d+ \(resource_logs\[0\]\.scope_logs\[0\]\.log_records\[(\d+)\]")
+_NAMED = re.compile(r"(?:quarantined: | \| )(record \d+ \(resource_logs\[0\]\.scope_logs\[0\]\.log_records\[(\d+)\])")
+_MIN_PAUSE_SECONDS = 0.05
 _ORPHAN_SCAN_SECONDS = 10.0
 
 
@@ -127,8 +128,9 @@ class Sender:
 
     def _run(self) -> None:
         next_scan = 0.0
-        try:
-            while not self._stopping():
+        failures = 0
+        while not self._stopping():
+            try:
                 if time.monotonic() >= next_scan:
                     self._adopt()
                     next_scan = time.monotonic() + _ORPHAN_SCAN_SECONDS
@@ -140,12 +142,22 @@ class Sender:
                     continue
                 if self._deliver(batch, batch.records, time.monotonic()):
                     self.buffer.done(batch)
-        except Exception:  # noqa: BLE001 - a bug must not pass silently: the records stay buffered for the next start
-            _log.exception("the otaudit sender stopped; undelivered events stay in the buffer")
-            self.counters.last_error = "the sender stopped on an internal error (see the log)"
-        finally:
-            if self._transport is not None:
-                self._transport.close()
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - a disk error, a bad certificate path, a bug: log, wait, go on
+                failures += 1
+                _log.exception("the otaudit sender failed; the events stay buffered and it tries again")
+                self.counters.last_error = f"sender error: {type(exc).__name__}: {exc}"
+                self._reset_transport()
+                self._pause(Answer("retry"), failures)
+        self._reset_transport()
+
+    def _reset_transport(self) -> None:
+        if self._transport is not None:
+            transport, self._transport = self._transport, None
+            try:
+                transport.close()
+            except Exception:  # noqa: BLE001 - closing a broken channel may fail too
+                _log.debug("closing the transport failed", exc_info=True)
 
     def _adopt(self) -> None:
         try:
@@ -186,14 +198,18 @@ class Sender:
         if self._transport is None:
             self._transport = self._open()
         body = enc.export_request([(resource, self._scope, records)])
-        return self._transport.send(body, self.settings.timeout_seconds)
+        timeout = self.settings.timeout_seconds
+        if self._stop_at is not None:  # stopping: the request must end before the stop deadline
+            timeout = max(0.1, min(timeout, self._stop_at - time.monotonic()))
+        return self._transport.send(body, timeout)
 
     def _settle(self, batch: Batch, records: Sequence[bytes], answer: Answer, started: float) -> bool:
-        if answer.rejected <= 0:
+        rejected = min(answer.rejected, len(records))
+        if rejected <= 0:
             self.counters.add(sent=len(records))
             return True
         named = _named_rejects(answer.message, len(records))
-        if len(named) >= answer.rejected or (len(records) == 1 and answer.rejected == 1):
+        if len(named) >= rejected or len(records) == 1:
             if not named:
                 named = {0: answer.message}
             for index, why in named.items():
@@ -206,7 +222,7 @@ class Sender:
             self._dead_letter(batch.resource, [records[index]], why)
         rest = [r for i, r in enumerate(records) if i not in named]
         if named:
-            return self._deliver(batch, rest, started)
+            return self._deliver(batch, rest, time.monotonic())
         half = len(rest) // 2
         return self._deliver(batch, rest[:half], started) and self._deliver(batch, rest[half:], started)
 
@@ -225,6 +241,7 @@ class Sender:
         else:
             delay = min(cap, self.settings.retry_initial_seconds * 2 ** min(attempt, 30))
             delay *= self._random.uniform(0.5, 1.0)
+        delay = max(delay, _MIN_PAUSE_SECONDS)
         deadline = time.monotonic() + delay
         while True:
             if self._stopping():
@@ -263,9 +280,9 @@ def _named_rejects(message: str, count: int) -> dict[int, str]:
     found = list(_NAMED.finditer(message))
     named: dict[int, str] = {}
     for i, match in enumerate(found):
-        index = int(match.group(1))
+        index = int(match.group(2))
         stop = found[i + 1].start() if i + 1 < len(found) else len(message)
-        text = message[match.start() : stop].rstrip(" |")
+        text = message[match.start(1) : stop].rstrip(" |")
         text = re.sub(r" \| and \d+ more .*$", "", text)
         if index < count:
             named[index] = text
@@ -319,7 +336,9 @@ def _write_dead_letters(path: Path, items: Sequence[Rejected]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, ("\n".join(lines) + "\n").encode())
+        data = memoryview(("\n".join(lines) + "\n").encode())
+        while data:
+            data = data[os.write(fd, data) :]
         os.fsync(fd)
     finally:
         os.close(fd)

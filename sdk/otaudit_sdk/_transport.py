@@ -7,8 +7,13 @@ transports return it whole, classified for the sender:
   ``message`` says which and why (OTLP partial_success);
 - ``retry``: try again later, after ``retry_after`` seconds when the collector said so;
 - ``too_large``: the request exceeds the collector's limit; send fewer records;
-- ``refused``: the collector refused the whole request as bad; retrying it cannot help;
-- ``config``: wrong token, endpoint or path; the records are fine, the setup is not.
+- ``refused``: the collector refused the whole request as malformed (HTTP 400,
+  INVALID_ARGUMENT); one record in it may be the cause;
+- ``config``: wrong token, endpoint, path or media type, or not an OTLP server at all:
+  the records are fine, the setup is not. Retried, loudly.
+
+Anything else (a 5xx, INTERNAL, UNKNOWN, a reset connection) is ``retry``: a broken or
+restarting collector must not turn events into dead letters.
 """
 
 from __future__ import annotations
@@ -40,14 +45,14 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
-def _partial_success(payload: bytes) -> Answer:
+def _partial_success(payload: bytes, where: str) -> Answer:
     from google.protobuf.message import DecodeError
     from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 
     try:
         answer = ExportLogsServiceResponse.FromString(payload)
-    except DecodeError:  # an OK answer we cannot read still means the records were accepted
-        return Answer("ok")
+    except DecodeError:
+        return Answer("config", message=f"{where} answered success with a body that is not an OTLP ExportLogsServiceResponse")
     part = answer.partial_success
     return Answer("ok", int(part.rejected_log_records), part.error_message)
 
@@ -55,8 +60,7 @@ def _partial_success(payload: bytes) -> Answer:
 class GrpcTransport:
     """OTLP/gRPC through a generic stub: the request goes out as the bytes we built."""
 
-    _RETRYABLE = frozenset({"UNAVAILABLE", "CANCELLED", "DEADLINE_EXCEEDED", "ABORTED", "OUT_OF_RANGE", "DATA_LOSS"})
-    _CONFIG = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED", "UNIMPLEMENTED", "NOT_FOUND"})
+    _CONFIG = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED", "UNIMPLEMENTED", "NOT_FOUND", "FAILED_PRECONDITION"})
 
     def __init__(self, endpoint: str, headers: dict[str, str], *, gzip_body: bool, certificate: str | None) -> None:
         import grpc
@@ -78,19 +82,19 @@ class GrpcTransport:
             reply = self._call(body, timeout=timeout, metadata=self._metadata, compression=self._compression)
         except self._grpc.RpcError as exc:
             return self._classify(exc)
-        return _partial_success(reply)
+        return _partial_success(reply, "the gRPC endpoint")
 
     def _classify(self, exc: Any) -> Answer:
         code = exc.code().name if exc.code() is not None else "UNKNOWN"
         text = f"gRPC {code}: {exc.details() or ''}".strip()
         delay = _retry_info(exc.trailing_metadata() or ())
-        if code in self._RETRYABLE or (code == "RESOURCE_EXHAUSTED" and delay is not None):
-            return Answer("retry", message=text, retry_after=delay)
-        if code == "RESOURCE_EXHAUSTED":
+        if code == "RESOURCE_EXHAUSTED" and delay is None:
             return Answer("too_large", message=text)
+        if code == "INVALID_ARGUMENT":
+            return Answer("refused", message=text)
         if code in self._CONFIG:
             return Answer("config", message=text)
-        return Answer("refused", message=text)
+        return Answer("retry", message=text, retry_after=delay)
 
     def close(self) -> None:
         self._channel.close()
@@ -130,6 +134,7 @@ class HttpTransport:
         import requests
 
         self._url = endpoint
+        self._shown = _shown(endpoint)
         self._session = requests.Session()
         self._session.headers.update(headers)
         self._session.headers["Content-Type"] = "application/x-protobuf"
@@ -149,21 +154,34 @@ class HttpTransport:
         try:
             reply = self._session.post(self._url, data=data, timeout=timeout)
         except self._requests.RequestException as exc:
-            return Answer("retry", message=f"HTTP request to {self._url} failed: {type(exc).__name__}")
+            return Answer("retry", message=f"HTTP request to {self._shown} failed: {type(exc).__name__}")
         status = reply.status_code
         if status == 200:
-            return _partial_success(reply.content)
+            kind = reply.headers.get("Content-Type", "")
+            if not kind.startswith(("application/x-protobuf", "application/protobuf")):
+                return Answer(
+                    "config", message=f"{self._shown} answered 200 with {kind or 'no content type'}: not an OTLP/HTTP endpoint"
+                )
+            return _partial_success(reply.content, self._shown)
         text = f"HTTP {status}: {_status_message(reply.content) or reply.reason}"
-        if status in (429, 502, 503, 504):
-            return Answer("retry", message=text, retry_after=_retry_after(reply.headers.get("Retry-After")))
         if status == 413:
             return Answer("too_large", message=text)
-        if status in (401, 403, 404, 405):
+        if status == 400:
+            return Answer("refused", message=text)
+        if status in (401, 403, 404, 405, 415):
             return Answer("config", message=text)
-        return Answer("refused", message=text)
+        return Answer("retry", message=text, retry_after=_retry_after(reply.headers.get("Retry-After")))
 
     def close(self) -> None:
         self._session.close()
+
+
+def _shown(url: str) -> str:
+    """The endpoint as it may appear in a log line: no user:password@, no query string."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
 
 
 def _status_message(payload: bytes) -> str:
