@@ -1,4 +1,4 @@
-"""A scriptable OTLP/gRPC server for the SDK's tests: real grpcio on port 0, answers
+"""Scriptable OTLP servers for the SDK's tests (gRPC and HTTP, real servers on port 0); answers
 chosen per request, so the tests can play collectors that are slow, busy, strict or
 foreign (a collector that does not name its rejected records)."""
 
@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import grpc
@@ -83,3 +84,38 @@ class FakeCollector:
 
     def stop(self) -> None:
         self._server.stop(0).wait()
+
+
+HttpAnswer = tuple[int, dict[str, str], bytes]
+
+
+class FakeHttpCollector:
+    """A plain HTTP server on port 0 whose ``respond(request)`` decides each answer
+    (status, headers, body); the request comes decoded, with the time it arrived."""
+
+    def __init__(self, respond: Callable[[ExportLogsServiceRequest], HttpAnswer]) -> None:
+        self.arrivals: list[tuple[float, list[str]]] = []  # (monotonic time, record ids)
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                request = ExportLogsServiceRequest.FromString(self.rfile.read(int(self.headers["Content-Length"])))
+                records = [r for rl in request.resource_logs for sl in rl.scope_logs for r in sl.log_records]
+                fake.arrivals.append((time.monotonic(), [uid(r) for r in records]))
+                status, headers, body = respond(request)
+                self.send_response(status)
+                for name, value in {**headers, "Content-Length": str(len(body))}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.port = self._server.server_port
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -20,7 +20,7 @@ import grpc
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from pgcontrol import free_port
-from sdk_fakes import FakeCollector, Reply, uid
+from sdk_fakes import FakeCollector, FakeHttpCollector, HttpAnswer, Reply, uid
 from support import REPO, CollectorProcess, RunningCollector, rows, settings_for, wait_until
 
 import otaudit_sdk as audit
@@ -468,51 +468,31 @@ def test_over_http_retry_after_is_honoured_and_partial_success_is_read(
     buffer_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A plain HTTP server playing a busy collector, then one that names a rejected record."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 
-    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest, ExportLogsServiceResponse
+    def respond(request: Any) -> HttpAnswer:
+        if len(server.arrivals) == 1:
+            return 503, {"Retry-After": "1"}, b""
+        answer = ExportLogsServiceResponse()
+        if len(request.resource_logs[0].scope_logs[0].log_records) > 1:
+            answer.partial_success.rejected_log_records = 1
+            answer.partial_success.error_message = (
+                "1 record(s) rejected and quarantined: record 1 "
+                "(resource_logs[0].scope_logs[0].log_records[1], event 'siteAccess'): details.method: not allowed"
+            )
+        return 200, {"Content-Type": "application/x-protobuf"}, answer.SerializeToString()
 
-    seen: list[tuple[float, list[str]]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            request = ExportLogsServiceRequest.FromString(body)
-            ids = [uid(r) for r in request.resource_logs[0].scope_logs[0].log_records]
-            seen.append((time.monotonic(), ids))
-            if len(seen) == 1:
-                self.send_response(503)
-                self.send_header("Retry-After", "1")
-                self.end_headers()
-                return
-            answer = ExportLogsServiceResponse()
-            if len(ids) > 1:
-                answer.partial_success.rejected_log_records = 1
-                answer.partial_success.error_message = (
-                    "1 record(s) rejected and quarantined: record 1 "
-                    "(resource_logs[0].scope_logs[0].log_records[1], event 'siteAccess'): details.method: not allowed"
-                )
-            payload = answer.SerializeToString()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-protobuf")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = FakeHttpCollector(respond)
     try:
-        client = client_for(f"http://127.0.0.1:{server.server_port}/v1/logs", buffer_dir, protocol="http")
+        client = client_for(f"http://127.0.0.1:{server.port}/v1/logs", buffer_dir, protocol="http")
         first = record_good(client)  # answered 503 Retry-After: 1
-        wait_until(lambda: len(seen) == 1, what="the first request")
+        wait_until(lambda: len(server.arrivals) == 1, what="the first request")
         more = record_good(client, 4)
         assert client.flush(30)
         client.shutdown()
     finally:
-        server.shutdown()
+        server.stop()
+    seen = server.arrivals
     assert seen[1][0] - seen[0][0] >= 1.0  # waited as long as Retry-After asked
     delivered = [i for _, ids in seen[1:] for i in ids]
     assert sorted(set(delivered)) == sorted(first + more)
@@ -538,43 +518,23 @@ def test_a_broken_collector_is_retried_not_dead_lettered(fake: FakeCollector, bu
 
 def test_a_200_that_is_not_otlp_does_not_count_as_delivered(buffer_dir: Path) -> None:
     """An endpoint pointing at some web page (an ingress default backend) acknowledges nothing."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+    def respond(request: Any) -> HttpAnswer:
+        if len(server.arrivals) <= 2:
+            return 200, {"Content-Type": "text/html"}, b"<html>default backend</html>"
+        return 200, {"Content-Type": "application/x-protobuf"}, b""
 
-    received: list[str] = []
-    pages = [0]
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            if pages[0] < 2:
-                pages[0] += 1
-                kind, payload = "text/html", b"<html>default backend</html>"
-            else:
-                request = ExportLogsServiceRequest.FromString(body)
-                received.extend(uid(r) for r in request.resource_logs[0].scope_logs[0].log_records)
-                kind, payload = "application/x-protobuf", b""
-            self.send_response(200)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = FakeHttpCollector(respond)
     try:
-        client = client_for(f"http://user:pw@127.0.0.1:{server.server_port}/v1/logs", buffer_dir, protocol="http")
+        client = client_for(f"http://user:pw@127.0.0.1:{server.port}/v1/logs", buffer_dir, protocol="http")
         ids = record_good(client, 3)
-        wait_until(lambda: pages[0] == 2, what="two HTML answers")
+        wait_until(lambda: len(server.arrivals) >= 2, what="two HTML answers")
         assert "answered 200 with text/html: not an OTLP/HTTP endpoint" in client.status().last_error
         assert "pw" not in client.status().last_error
         assert client.flush(30)
         client.shutdown()
     finally:
-        server.shutdown()
-    assert sorted(received) == sorted(ids)
+        server.stop()
+    acknowledged = [i for _, sent in server.arrivals[2:] for i in sent]  # the HTML answers acknowledged nothing
+    assert sorted(acknowledged) == sorted(ids)
     assert dead_letters(buffer_dir) == []
