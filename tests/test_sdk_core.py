@@ -267,12 +267,12 @@ def test_changes_pairs_old_and_new_values() -> None:
 def test_audited_records_success_failure_and_denied() -> None:
     actor = audit.Actor.user("u-1")
     with capture() as captured:
-        with audit.audited("deleteAssets", category="inventory", actor=actor, details={"via": "ui"}) as scope:
+        with audit.audited("deleteAssets", category="inventory_configuration", actor=actor, details={"via": "ui"}) as scope:
             scope.details["count"] = 3
             scope.target = audit.Target("asset_group", "g-1")
-        with pytest.raises(KeyError), audit.audited("deleteAssets", category="inventory", actor=actor):
+        with pytest.raises(KeyError), audit.audited("deleteAssets", category="inventory_configuration", actor=actor):
             raise KeyError("g-2")
-        with pytest.raises(PermissionError), audit.audited("deleteAssets", category="inventory", actor=actor):
+        with pytest.raises(PermissionError), audit.audited("deleteAssets", category="inventory_configuration", actor=actor):
             raise PermissionError("not an admin")
     ok, failed, denied = captured.events
     assert scope.id == ok.id

@@ -96,6 +96,7 @@ class Collector:
             max_batch_records=ingest["max_batch_records"],
             commit_timeout_seconds=ingest["commit_timeout_seconds"],
             retry_after_seconds=ingest["retry_after_seconds"],
+            default_plan=settings.raw["default_plan"],
         )
         self.ingestor = Ingestor(
             writer=self.writer,

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from otaudit_collector import __version__
 from otaudit_collector.config import ConfigError, Settings, load_settings
 from otaudit_collector.core.catalog import CatalogError, Problem, lint_catalogs, load_catalogs
@@ -58,6 +60,30 @@ def build_parser() -> argparse.ArgumentParser:
     replay = with_config(rejects.add_parser("replay", help="validate quarantined records again and store those that now pass"))
     replay.add_argument("ids", nargs="*", type=int, metavar="ID", help="reject ids (default: every open reject)")
     replay.add_argument("--dry-run", action="store_true", help="report what would be stored, store nothing")
+
+    tenant = commands.add_parser("tenant", help="tenants and their plans").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    tenant_set = with_config(tenant.add_parser("set", help="give a tenant a plan"))
+    tenant_set.add_argument("tenant", metavar="TENANT")
+    tenant_set.add_argument("--plan", required=True, help="one of the configured plans")
+    tenant_list = with_config(tenant.add_parser("list", help="list tenants, their plans and event counts"))
+    tenant_list.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    token = commands.add_parser("token", help="API and ingest tokens").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    create = with_config(token.add_parser("create", help="make a token and print it once"))
+    create.add_argument("--tenant", required=True, help="the tenant it acts for")
+    create.add_argument("--role", required=True, choices=["admin", "auditor", "ingest"], help="what it may do")
+    create.add_argument("--name", help="who holds it (the actor of its audited reads)")
+    create.add_argument("--json", action="store_true", help="print a JSON object with the token")
+    tokens = with_config(token.add_parser("list", help="list tokens (never their secrets)"))
+    tokens.add_argument("--tenant", help="only this tenant's")
+    tokens.add_argument("--all", action="store_true", help="include revoked tokens")
+    tokens.add_argument("--json", action="store_true", help="one JSON object per line")
+    revoke = with_config(token.add_parser("revoke", help="revoke a token"))
+    revoke.add_argument("id", metavar="ID", help="the token's id, as 'token list' shows it")
     return parser
 
 
@@ -95,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     settings, tenant=args.tenant, limit=args.limit, include_replayed=args.all, as_json=args.json
                 )
             return rejects.replay_command(settings, ids=args.ids, dry_run=args.dry_run)
+        if args.command in ("tenant", "token"):
+            return _admin(args)
     except ConfigError as exc:
         print(f"otaudit: {exc}", file=sys.stderr)
         return 2
@@ -104,10 +132,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"otaudit: {exc}", file=sys.stderr)
         return 1
+    except psycopg.OperationalError as exc:
+        print(f"otaudit: the database cannot be reached: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        return 1
     return 2
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from otaudit_collector.admin import bootstrap_admin_token
     from otaudit_collector.app import Collector, catalog_dirs, describe, ensure_partitions
     from otaudit_collector.storage.database import open_database
     from otaudit_collector.storage.migrate import apply_migrations
@@ -119,6 +151,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         apply_migrations(database.conninfo)
         ensure_partitions(database.conninfo, settings.get("ingest", "partitions_ahead_months"))
+        bootstrap = bootstrap_admin_token(database.conninfo, settings)
 
         async def run() -> None:
             collector = Collector(settings, database.conninfo, catalogs)
@@ -135,6 +168,9 @@ def _serve(args: argparse.Namespace) -> int:
             # loop take the GIL back promptly for each round trip of the database writer, so
             # PostgreSQL is not left waiting while Python works (the default is 5 ms).
             sys.setswitchinterval(0.0005)
+            if bootstrap is not None:  # stdout, once, never the log
+                print(f"No admin token existed: this one is for tenant '{bootstrap[0]}' (shown once; keep it now):")
+                print(bootstrap[1])
             print("\n".join(describe(endpoints, database.description, catalogs)), flush=True)
             await collector.run_until_signalled(float(settings.get("ingest", "commit_timeout_seconds")))
 
@@ -142,6 +178,21 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         database.close()
     return 0
+
+
+def _admin(args: argparse.Namespace) -> int:
+    from otaudit_collector import admin
+
+    settings = _settings(args)
+    if args.command == "tenant":
+        if args.action == "set":
+            return admin.tenant_set_command(settings, args.tenant, args.plan)
+        return admin.tenant_list_command(settings, as_json=args.json)
+    if args.action == "create":
+        return admin.token_create_command(settings, tenant=args.tenant, role=args.role, name=args.name, as_json=args.json)
+    if args.action == "list":
+        return admin.token_list_command(settings, tenant=args.tenant, include_revoked=args.all, as_json=args.json)
+    return admin.token_revoke_command(settings, args.id)
 
 
 def _migrate(args: argparse.Namespace) -> int:

@@ -89,7 +89,7 @@ async def _replay(settings: Settings, conninfo: str, ids: list[int], dry_run: bo
             (ids, ids),
         )
         rows = await cur.fetchall()
-        writer = Writer(conninfo)
+        writer = Writer(conninfo, default_plan=settings.raw["default_plan"])
         await writer.start()
         stored = still = 0
         try:

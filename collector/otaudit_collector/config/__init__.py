@@ -30,8 +30,22 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], type]] = {
     "OTAUDIT_DATABASE_URL": (("database", "url"), str),
     "OTAUDIT_DATA_DIR": (("database", "data_dir"), str),
     "OTAUDIT_LOG_LEVEL": (("logging", "level"), str),
+    "OTAUDIT_TOKEN_PEPPER": (("auth", "token_pepper"), str),
 }
 """Environment variables and the configuration key each sets (OTAUDIT_CONFIG names the file)."""
+
+
+_SECRETS = frozenset({"auth.token_pepper", "database.url"})
+"""Keys whose values never appear in an error message (a URL may carry a password)."""
+
+
+def _secret_problem(rule: str, value: Any) -> str:
+    said = {
+        "pattern": f"does not match '{value}'",
+        "minLength": f"is shorter than {value} characters",
+        "type": f"is not of type {value}",
+    }.get(rule, f"does not satisfy {rule} {value}")
+    return said + " (the value is not shown: it is a secret)"
 
 
 class ConfigError(Exception):
@@ -148,6 +162,9 @@ def _problems(validator: jsonschema.Draft202012Validator, doc: Mapping[str, Any]
             continue
         if "propertyNames" in error.relative_schema_path:
             found.append(([*path, str(error.instance)], f"is not an allowed name: {error.message}"))
+            continue
+        if ".".join(path) in _SECRETS:  # say what is wrong, never the value
+            found.append((path, _secret_problem(str(error.validator), error.validator_value)))
             continue
         found.append((path, error.message))
     problems = []

@@ -46,6 +46,7 @@ _SEQ_SQL = (
     " ON CONFLICT (tenant) DO UPDATE SET last_seq = t.last_seq + excluded.last_seq"
     " RETURNING tenant, last_seq"
 )
+_NEW_TENANTS_SQL = "INSERT INTO tenants (tenant, plan) SELECT unnest(%s::text[]), %s ON CONFLICT (tenant) DO NOTHING"
 _COPY_EVENTS_SQL = f"COPY events (seq, {', '.join(EVENT_COLUMNS)}) FROM STDIN"
 _COPY_IDS_SQL = "COPY event_ids (tenant, id, occurred_at) FROM STDIN"
 
@@ -98,8 +99,10 @@ class Writer:
         max_batch_records: int = 10_000,
         commit_timeout_seconds: float = 30.0,
         retry_after_seconds: float = 1.0,
+        default_plan: str | None = None,
     ) -> None:
         self._conninfo = conninfo
+        self._default_plan = default_plan
         self._max_pending = max_pending_records
         self._max_batch = max_batch_records
         self._commit_timeout = commit_timeout_seconds
@@ -269,6 +272,9 @@ class Writer:
                 tenants = sorted(counts)  # one lock order for every writer: no deadlock between them
                 await cur.execute(_SEQ_SQL, (tenants, [counts[t] for t in tenants]))
                 next_seq = {str(t): cast(int, last) - counts[str(t)] for t, last in await cur.fetchall()}
+                first_seen = [t for t, before in next_seq.items() if before == 0]
+                if first_seen and self._default_plan is not None:  # a tenant's first events: it gets the default plan
+                    await cur.execute(_NEW_TENANTS_SQL, (first_seen, self._default_plan))
                 numbered = []
                 for line, key in zip(lines, keys, strict=True):
                     next_seq[key[0]] += 1

@@ -1,0 +1,53 @@
+"""Tokens: their text, and how a presented one is checked against what is stored.
+
+Pure. A token reads ``otaudit_<id>_<secret>``: ``id`` (12 hex digits) finds the row,
+``secret`` (43 URL-safe characters, 256 random bits) is checked against its stored
+HMAC-SHA256 under the configured pepper, in constant time. The secret itself is never
+stored or logged; a database copy without the pepper cannot be used to forge a match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = ["ROLES", "Principal", "new_token", "parse_token", "secret_hash", "secret_matches"]
+
+ROLES: Final = ("admin", "auditor", "ingest")
+
+_TOKEN = re.compile(r"otaudit_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a valid token acts for."""
+
+    token_id: str
+    tenant: str
+    role: str
+    name: str
+
+
+def new_token() -> tuple[str, str, str]:
+    """A fresh token: (id, secret, the full text to hand out once)."""
+    token_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    return token_id, secret, f"otaudit_{token_id}_{secret}"
+
+
+def parse_token(text: str) -> tuple[str, str] | None:
+    """(id, secret) of a well-formed token, else None."""
+    match = _TOKEN.fullmatch(text.strip())
+    return (match[1], match[2]) if match else None
+
+
+def secret_hash(secret: str, pepper: str) -> bytes:
+    return hmac.new(pepper.encode(), secret.encode(), hashlib.sha256).digest()
+
+
+def secret_matches(secret: str, pepper: str, stored: bytes) -> bool:
+    return hmac.compare_digest(secret_hash(secret, pepper), stored)
