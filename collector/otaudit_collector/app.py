@@ -10,15 +10,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psycopg
 from aiohttp import web
+from psycopg_pool import AsyncConnectionPool
 
 from otaudit_collector.api.health import create_api_app
+from otaudit_collector.api.reads import ReadContext, add_read_routes
 from otaudit_collector.config import Settings
 from otaudit_collector.core.catalog import CatalogError, CatalogSet, bundled_catalog_dirs, catalog_fingerprint, load_catalogs
 from otaudit_collector.core.normalize import Policy
+from otaudit_collector.core.plans import plans_from
 from otaudit_collector.pipeline import Ingestor
 from otaudit_collector.receivers.otlp_grpc import create_grpc_server
 from otaudit_collector.receivers.otlp_http import create_http_app
@@ -111,6 +115,7 @@ class Collector:
         self._stopping = False
         self._stopped = asyncio.Event()
         self._reload_lock = asyncio.Lock()
+        self._pool: AsyncConnectionPool[Any] | None = None
 
     # -- readiness -------------------------------------------------------------------
 
@@ -148,7 +153,20 @@ class Collector:
         http_port = await self._serve(
             create_http_app(self.ingestor, max_request_bytes=ingest["max_request_bytes"]), host, listen["http_port"]
         )
-        api_port = await self._serve(create_api_app(self.not_ready), api_host, listen["api_port"])
+        self._pool = AsyncConnectionPool(self.conninfo, min_size=1, max_size=4, open=False, name="otaudit-api")
+        await self._pool.open()
+        api = create_api_app(self.not_ready)
+        add_read_routes(
+            api,
+            ReadContext(
+                pool=self._pool,
+                plans=plans_from(self.settings.raw["plans"]),
+                default_plan=self.settings.raw["default_plan"],
+                pepper=str(self.settings.get("auth", "token_pepper") or ""),
+                catalogs=lambda: self.catalogs,
+            ),
+        )
+        api_port = await self._serve(api, api_host, listen["api_port"])
         interval = float(self.settings.get("catalogs", "reload_interval_seconds"))
         if interval > 0:
             self._tasks.append(asyncio.create_task(self._watch_catalogs(interval), name="otaudit-catalog-watch"))
@@ -186,6 +204,8 @@ class Collector:
         await self.writer.close()
         for runner in self._runners[-1:]:
             await runner.cleanup()
+        if self._pool is not None:
+            await self._pool.close()
         self._stopped.set()
 
     async def run_until_signalled(self, grace_seconds: float = 30.0) -> None:

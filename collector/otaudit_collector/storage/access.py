@@ -19,6 +19,7 @@ __all__ = [
     "list_tokens",
     "revoke_token",
     "authenticate",
+    "authenticate_async",
     "has_admin_token",
 ]
 
@@ -97,21 +98,34 @@ def revoke_token(conn: psycopg.Connection[Any], token_id: str) -> bool:
     return row is not None
 
 
-def authenticate(conn: psycopg.Connection[Any], text: str, pepper: str) -> Principal | None:
-    """The principal of a live token, or None. Costs one hash whether or not the id exists."""
-    parsed = parse_token(text)
-    if parsed is None:
-        return None
-    token_id, secret = parsed
-    row = conn.execute(
-        "SELECT tenant, role, name, secret_hash FROM tokens WHERE id = %s AND revoked_at IS NULL", (token_id,)
-    ).fetchone()
+_TOKEN_SQL = "SELECT tenant, role, name, secret_hash FROM tokens WHERE id = %s AND revoked_at IS NULL"
+
+
+def _principal(token_id: str, secret: str, pepper: str, row: tuple[Any, ...] | None) -> Principal | None:
+    """Check the secret against the row; costs one hash whether or not the id exists."""
     if row is None:
         secret_matches(secret, pepper, _UNKNOWN_HASH)
         return None
     if not secret_matches(secret, pepper, bytes(row[3])):
         return None
     return Principal(token_id, row[0], row[1], row[2])
+
+
+def authenticate(conn: psycopg.Connection[Any], text: str, pepper: str) -> Principal | None:
+    """The principal of a live token, or None."""
+    parsed = parse_token(text)
+    if parsed is None:
+        return None
+    return _principal(*parsed, pepper, conn.execute(_TOKEN_SQL, (parsed[0],)).fetchone())
+
+
+async def authenticate_async(conn: psycopg.AsyncConnection[Any], text: str, pepper: str) -> Principal | None:
+    """``authenticate`` for the API's event loop."""
+    parsed = parse_token(text)
+    if parsed is None:
+        return None
+    cur = await conn.execute(_TOKEN_SQL, (parsed[0],))
+    return _principal(*parsed, pepper, await cur.fetchone())
 
 
 def has_admin_token(conn: psycopg.Connection[Any]) -> bool:

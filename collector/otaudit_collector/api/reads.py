@@ -1,0 +1,228 @@
+"""The read routes of the admin API (shared/design/api.md): events, one event, the feed,
+the caller's plan and the catalog, behind token auth, tenant isolation and the plan.
+
+Every route reads only the token's tenant, and only the categories its plan includes:
+naming another category is a 403 that names the plan including it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from otaudit_collector.core.catalog import CatalogSet
+from otaudit_collector.core.plans import Plan, PlanForbids, allowed_categories, clamp_since
+from otaudit_collector.core.query import MAX_LIMIT, BadFilter, Filters, encode_cursor, events_sql, parse_filters
+from otaudit_collector.core.tokens import Principal
+from otaudit_collector.storage.access import authenticate_async
+
+__all__ = ["ReadContext", "READS", "add_read_routes", "auth_middleware", "error"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadContext:
+    pool: AsyncConnectionPool[Any]
+    plans: dict[str, Plan]
+    default_plan: str
+    pepper: str
+    catalogs: Callable[[], CatalogSet]
+
+
+READS: web.AppKey[ReadContext] = web.AppKey("reads", ReadContext)
+_PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
+_OPEN = ("/healthz", "/readyz", "/metrics", "/openapi.json")
+_COLUMNS = "seq, received_at, doc"
+
+
+def error(status: int, code: str, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status, headers=headers or None)
+
+
+@web.middleware
+async def auth_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    if request.path in _OPEN or READS not in request.app:
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, text = header.partition(" ")
+    if scheme.lower() != "bearer" or not text.strip():
+        return error(401, "unauthorized", "send 'Authorization: Bearer <token>'", **{"WWW-Authenticate": "Bearer"})
+    ctx = request.app[READS]
+    async with ctx.pool.connection() as conn:
+        principal = await authenticate_async(conn, text.strip(), ctx.pepper)
+    if principal is None:
+        return error(401, "unauthorized", "the token is unknown or revoked", **{"WWW-Authenticate": "Bearer"})
+    if principal.role == "ingest":
+        return error(403, "forbidden", "an ingest token can send events, not read them; use an admin or auditor token")
+    request[_PRINCIPAL] = principal
+    try:
+        return await handler(request)
+    except BadFilter as exc:
+        return error(400, "bad_filter", str(exc))
+    except PlanForbids as exc:
+        return error(403, "plan_forbids", str(exc))
+
+
+def add_read_routes(app: web.Application, ctx: ReadContext) -> None:
+    app[READS] = ctx
+    app.middlewares.append(auth_middleware)
+    app.router.add_get("/v1/events", _events)
+    app.router.add_get("/v1/events/{id}", _event)
+    app.router.add_get("/v1/feed", _feed)
+    app.router.add_get("/v1/tenants/{tenant}/plan", _plan_route)
+    app.router.add_get("/v1/catalog", _catalog)
+
+
+async def _plan_of(request: web.Request) -> Plan:
+    ctx = request.app[READS]
+    principal = request[_PRINCIPAL]
+    async with ctx.pool.connection() as conn:
+        cur = await conn.execute("SELECT plan FROM tenants WHERE tenant = %s", (principal.tenant,))
+        row = await cur.fetchone()
+    name = str(row[0]) if row else ctx.default_plan
+    plan = ctx.plans.get(name)
+    if plan is None:  # a plan removed from the configuration reads nothing rather than guessing
+        log.error("tenant %s has plan %r, which the configuration no longer defines", principal.tenant, name)
+        return Plan(name, (), None, 0)
+    return plan
+
+
+def _categories(request: web.Request, plan: Plan, requested: list[str]) -> list[str] | None:
+    """The categories to read; None for every category (a plan with '*' and no filter)."""
+    ctx = request.app[READS]
+    if not requested and "*" in plan.categories:
+        return None
+    return allowed_categories(plan, ctx.plans, ctx.catalogs().categories, requested)
+
+
+def _present(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row["doc"], "seq": row["seq"], "received_at": _iso(row["received_at"])}
+
+
+def _iso(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+async def _events(request: web.Request) -> web.Response:
+    ctx = request.app[READS]
+    principal = request[_PRINCIPAL]
+    filters = parse_filters({key: request.query.getall(key) for key in request.query})
+    plan = await _plan_of(request)
+    categories = _categories(request, plan, filters.categories)
+    asked_since = filters.since
+    filters.since, clamped = clamp_since(filters.since, plan, dt.datetime.now(dt.UTC))
+    rows = await _page(ctx, principal.tenant, categories, filters)
+    cursor = encode_cursor(rows[-1]["occurred_at"], rows[-1]["seq"]) if len(rows) == filters.limit else None
+    answer: dict[str, Any] = {"events": [_present(r) for r in rows], "next_cursor": cursor, "plan": plan.name}
+    if filters.since is not None:
+        answer["since"] = _iso(filters.since)
+    if clamped and asked_since is not None and filters.since is not None:
+        answer["since_clamped"] = (
+            f"since {_iso(asked_since)} is before the '{plan.name}' plan's query window of {plan.query_window_days} days;"
+            f" events from {_iso(filters.since)} on are returned"
+        )
+    return web.json_response(answer)
+
+
+async def _page(ctx: ReadContext, tenant: str, categories: list[str] | None, filters: Filters) -> list[dict[str, Any]]:
+    sql, params = events_sql(tenant, categories, filters, columns=f"occurred_at, {_COLUMNS}")
+    async with ctx.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(sql, params)
+        rows: list[dict[str, Any]] = await cur.fetchall()
+        return rows
+
+
+async def _event(request: web.Request) -> web.Response:
+    ctx = request.app[READS]
+    principal = request[_PRINCIPAL]
+    async with ctx.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            "SELECT e.category, e.seq, e.received_at, e.doc FROM event_ids i JOIN events e"
+            " ON e.tenant = i.tenant AND e.id = i.id AND e.occurred_at = i.occurred_at"
+            " WHERE i.tenant = %s AND i.id = %s",
+            (principal.tenant, request.match_info["id"]),
+        )
+        row = await cur.fetchone()
+    if row is None:
+        return error(404, "not_found", f"no event {request.match_info['id']!r} in this tenant's trail")
+    plan = await _plan_of(request)
+    if not plan.reads(row["category"]):
+        allowed_categories(plan, ctx.plans, (), [row["category"]])  # raises PlanForbids naming the plan
+    return web.json_response(_present(row))
+
+
+async def _feed(request: web.Request) -> web.Response:
+    ctx = request.app[READS]
+    principal = request[_PRINCIPAL]
+    after = _int_param(request, "after", 0, minimum=0)
+    limit = _int_param(request, "limit", 100, minimum=1, maximum=MAX_LIMIT)
+    plan = await _plan_of(request)
+    categories = _categories(request, plan, [])
+    where = "tenant = %s AND seq > %s" + ("" if categories is None else " AND category = ANY(%s)")
+    params: list[Any] = [principal.tenant, after] + ([] if categories is None else [categories])
+    async with ctx.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(f"SELECT {_COLUMNS} FROM events WHERE {where} ORDER BY seq LIMIT %s", [*params, limit])
+        rows = await cur.fetchall()
+    next_after = rows[-1]["seq"] if rows else after
+    return web.json_response({"events": [_present(r) for r in rows], "next_after": next_after, "plan": plan.name})
+
+
+def _int_param(request: web.Request, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+    text = request.query.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise BadFilter(name, f"'{text}' is not a whole number") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        raise BadFilter(name, f"must be between {minimum} and {maximum}" if maximum else f"must be at least {minimum}")
+    return value
+
+
+async def _plan_route(request: web.Request) -> web.Response:
+    principal = request[_PRINCIPAL]
+    if request.match_info["tenant"] != principal.tenant:
+        return error(404, "not_found", "no such tenant for this token")
+    plan = await _plan_of(request)
+    loaded = sorted(request.app[READS].catalogs().categories)
+    return web.json_response(
+        {
+            "tenant": principal.tenant,
+            "plan": plan.name,
+            "description": plan.description,
+            "categories": [c for c in loaded if plan.reads(c)],
+            "retention_days": plan.retention_days,
+            "query_window_days": plan.query_window_days,
+        }
+    )
+
+
+async def _catalog(request: web.Request) -> web.Response:
+    ctx = request.app[READS]
+    plan = await _plan_of(request)
+    out = []
+    for category in sorted(ctx.catalogs().categories.values(), key=lambda c: c.id):
+        available = plan.reads(category.id)
+        upgrade = None if available else next((p.name for p in ctx.plans.values() if p.reads(category.id)), None)
+        out.append(
+            {
+                "category": category.id,
+                "title": category.title,
+                "description": category.description,
+                "available": available,
+                "plan_needed": upgrade,
+                "events": [{"event": name, "description": e.description} for name, e in sorted(category.events.items())],
+            }
+        )
+    return web.json_response({"plan": plan.name, "categories": out})
