@@ -3,6 +3,7 @@ isolation, plan enforcement, every filter, the cursor, the feed and the query wi
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -250,3 +251,26 @@ def test_one_event_has_its_old_and_new_values(trail: dict[str, Any]) -> None:
     assert event["actor"]["id"] == "u-17" and event["seq"] >= 1 and event["received_at"].endswith("Z")
     missing = trail["api"].get("/v1/events/no-such-event")
     assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+
+
+def _cursor(when: str, seq: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps([when, seq]).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "status"),
+    [
+        ("/v1/events", {"event": "a\x00b"}, 400),
+        ("/v1/events", {"q": "actor:a\x00b"}, 400),
+        ("/v1/events", {"cursor": _cursor("2026-01-01T00:00:00", 1)}, 400),  # a time without a zone
+        ("/v1/events/a%00b", {}, 400),
+    ],
+)
+def test_values_postgresql_cannot_take_are_refused_not_500(
+    trail: dict[str, Any], path: str, params: dict[str, Any], status: int
+) -> None:
+    """A NUL in a text value, a cursor time without a zone: 400, and the API goes on."""
+    api: Api = trail["api"]
+    answer = api.get(path, **params)
+    assert answer.status_code == status, answer.text
+    assert api.get("/v1/events", limit=1).status_code == 200  # and it goes on serving

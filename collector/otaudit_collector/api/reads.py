@@ -65,6 +65,10 @@ async def auth_middleware(
     if principal.role == "ingest":
         return error(403, "forbidden", "an ingest token can send events, not read them; use an admin or auditor token")
     request[_PRINCIPAL] = principal
+    # PostgreSQL text cannot hold NUL: refuse it here, for every route, rather than fail in SQL.
+    for name, value in [*request.query.items(), *request.match_info.items()]:
+        if "\x00" in name or "\x00" in value:
+            return error(400, "bad_filter", f"{name.replace(chr(0), '')}: contains a NUL character")
     try:
         return await handler(request)
     except BadFilter as exc:

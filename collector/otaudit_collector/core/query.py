@@ -145,9 +145,12 @@ def encode_cursor(occurred_at: dt.datetime, seq: int) -> str:
 def _decode_cursor(text: str) -> tuple[dt.datetime, int]:
     try:
         when, seq = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-        return dt.datetime.fromisoformat(when), int(seq)
+        at = dt.datetime.fromisoformat(when)
+        if at.tzinfo is not None and type(seq) is int:
+            return at, seq
     except (ValueError, TypeError, binascii.Error):
-        raise BadFilter("cursor", "not a cursor this API gave out; start again without it") from None
+        pass
+    raise BadFilter("cursor", "not a cursor this API gave out; start again without it")
 
 
 def events_sql(tenant: str, categories: Sequence[str] | None, filters: Filters, *, columns: str) -> tuple[str, list[Any]]:
