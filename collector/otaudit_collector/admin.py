@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -28,14 +28,9 @@ __all__ = [
     "token_list_command",
     "token_revoke_command",
     "bootstrap_admin_token",
-    "pepper",
 ]
 
 _TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}")
-
-
-def pepper(settings: Settings) -> str:
-    return str(settings.get("auth", "token_pepper") or "")
 
 
 @contextmanager
@@ -95,7 +90,7 @@ def token_create_command(settings: Settings, *, tenant: str, role: str, name: st
         return _fail(problem)
     with _connection(settings) as conn:
         token_id, text = access.create_token(
-            conn, tenant=tenant, role=role, name=name or f"{role} token", pepper=pepper(settings)
+            conn, tenant=tenant, role=role, name=name or f"{role} token", pepper=settings.token_pepper
         )
     if as_json:
         print(json.dumps({"id": token_id, "tenant": tenant, "role": role, "token": text}))
@@ -108,7 +103,6 @@ def token_create_command(settings: Settings, *, tenant: str, role: str, name: st
 def token_list_command(settings: Settings, *, tenant: str | None, include_revoked: bool, as_json: bool) -> int:
     with _connection(settings) as conn:
         rows = access.list_tokens(conn, tenant, include_revoked=include_revoked)
-    stamp: Callable[[Any], str | None] = lambda t: t.isoformat() if t else None  # noqa: E731
     for row in rows:
         if as_json:
             print(
@@ -118,9 +112,8 @@ def token_list_command(settings: Settings, *, tenant: str | None, include_revoke
                         "tenant": row.tenant,
                         "role": row.role,
                         "name": row.name,
-                        "created_at": stamp(row.created_at),
-                        "revoked_at": stamp(row.revoked_at),
-                        "last_used_at": stamp(row.last_used_at),
+                        "created_at": row.created_at.isoformat(),
+                        "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
                     }
                 )
             )
@@ -153,5 +146,7 @@ def bootstrap_admin_token(conninfo: str, settings: Settings) -> tuple[str, str] 
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('otaudit bootstrap token'))")
         if access.has_admin_token(conn):
             return None
-        _token_id, text = access.create_token(conn, tenant=tenant, role="admin", name="bootstrap admin", pepper=pepper(settings))
+        _token_id, text = access.create_token(
+            conn, tenant=tenant, role="admin", name="bootstrap admin", pepper=settings.token_pepper
+        )
     return tenant, text

@@ -162,7 +162,7 @@ class Collector:
                 pool=self._pool,
                 plans=plans_from(self.settings.raw["plans"]),
                 default_plan=self.settings.raw["default_plan"],
-                pepper=str(self.settings.get("auth", "token_pepper") or ""),
+                pepper=self.settings.token_pepper,
                 catalogs=lambda: self.catalogs,
             ),
         )

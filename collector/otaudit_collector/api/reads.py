@@ -18,7 +18,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from otaudit_collector.core.catalog import CatalogSet
-from otaudit_collector.core.plans import Plan, PlanForbids, allowed_categories, clamp_since
+from otaudit_collector.core.plans import Plan, PlanForbids, allowed_categories, check_readable, clamp_since, upgrade_for
 from otaudit_collector.core.query import MAX_LIMIT, BadFilter, Filters, encode_cursor, events_sql, parse_filters
 from otaudit_collector.core.tokens import Principal
 from otaudit_collector.storage.access import authenticate_async
@@ -87,13 +87,11 @@ def add_read_routes(app: web.Application, ctx: ReadContext) -> None:
     app.router.add_get("/v1/catalog", _catalog)
 
 
-async def _plan_of(request: web.Request) -> Plan:
+def _plan_of(request: web.Request) -> Plan:
+    """The caller's plan, as the token lookup found it (no second query)."""
     ctx = request.app[READS]
     principal = request[_PRINCIPAL]
-    async with ctx.pool.connection() as conn:
-        cur = await conn.execute("SELECT plan FROM tenants WHERE tenant = %s", (principal.tenant,))
-        row = await cur.fetchone()
-    name = str(row[0]) if row else ctx.default_plan
+    name = principal.plan or ctx.default_plan
     plan = ctx.plans.get(name)
     if plan is None:  # a plan removed from the configuration reads nothing rather than guessing
         log.error("tenant %s has plan %r, which the configuration no longer defines", principal.tenant, name)
@@ -121,7 +119,7 @@ async def _events(request: web.Request) -> web.Response:
     ctx = request.app[READS]
     principal = request[_PRINCIPAL]
     filters = parse_filters({key: request.query.getall(key) for key in request.query})
-    plan = await _plan_of(request)
+    plan = _plan_of(request)
     categories = _categories(request, plan, filters.categories)
     asked_since = filters.since
     filters.since, clamped = clamp_since(filters.since, plan, dt.datetime.now(dt.UTC))
@@ -159,9 +157,8 @@ async def _event(request: web.Request) -> web.Response:
         row = await cur.fetchone()
     if row is None:
         return error(404, "not_found", f"no event {request.match_info['id']!r} in this tenant's trail")
-    plan = await _plan_of(request)
-    if not plan.reads(row["category"]):
-        allowed_categories(plan, ctx.plans, (), [row["category"]])  # raises PlanForbids naming the plan
+    plan = _plan_of(request)
+    check_readable(row["category"], plan, ctx.plans)
     return web.json_response(_present(row))
 
 
@@ -170,7 +167,7 @@ async def _feed(request: web.Request) -> web.Response:
     principal = request[_PRINCIPAL]
     after = _int_param(request, "after", 0, minimum=0)
     limit = _int_param(request, "limit", 100, minimum=1, maximum=MAX_LIMIT)
-    plan = await _plan_of(request)
+    plan = _plan_of(request)
     categories = _categories(request, plan, [])
     where = "tenant = %s AND seq > %s" + ("" if categories is None else " AND category = ANY(%s)")
     params: list[Any] = [principal.tenant, after] + ([] if categories is None else [categories])
@@ -198,7 +195,7 @@ async def _plan_route(request: web.Request) -> web.Response:
     principal = request[_PRINCIPAL]
     if request.match_info["tenant"] != principal.tenant:
         return error(404, "not_found", "no such tenant for this token")
-    plan = await _plan_of(request)
+    plan = _plan_of(request)
     loaded = sorted(request.app[READS].catalogs().categories)
     return web.json_response(
         {
@@ -214,11 +211,11 @@ async def _plan_route(request: web.Request) -> web.Response:
 
 async def _catalog(request: web.Request) -> web.Response:
     ctx = request.app[READS]
-    plan = await _plan_of(request)
+    plan = _plan_of(request)
     out = []
     for category in sorted(ctx.catalogs().categories.values(), key=lambda c: c.id):
         available = plan.reads(category.id)
-        upgrade = None if available else next((p.name for p in ctx.plans.values() if p.reads(category.id)), None)
+        upgrade = None if available else upgrade_for(category.id, ctx.plans)
         out.append(
             {
                 "category": category.id,

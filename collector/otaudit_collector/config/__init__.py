@@ -78,6 +78,11 @@ class Settings:
         return node
 
     @property
+    def token_pepper(self) -> str:
+        """The secret key of the token hashes (``auth.token_pepper``); empty when unset."""
+        return str(self.raw["auth"]["token_pepper"] or "")
+
+    @property
     def base_dir(self) -> Path:
         """The config file's folder, or the working directory when there is no file."""
         return self.config_dir if self.config_dir is not None else Path.cwd()

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Plan", "PlanForbids", "plans_from", "allowed_categories", "clamp_since"]
+__all__ = ["Plan", "PlanForbids", "plans_from", "allowed_categories", "check_readable", "upgrade_for", "clamp_since"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +56,21 @@ def allowed_categories(plan: Plan, plans: Mapping[str, Plan], loaded: Iterable[s
     ``PlanForbids`` naming the first plan that includes it), or all the plan reads."""
     asked = list(dict.fromkeys(requested))
     for category in asked:
-        if not plan.reads(category):
-            upgrade = next((p.name for p in plans.values() if p.reads(category)), None)
-            raise PlanForbids(category, plan, upgrade)
+        check_readable(category, plan, plans)
     if asked:
         return asked
     return sorted(c for c in loaded if plan.reads(c))
+
+
+def upgrade_for(category: str, plans: Mapping[str, Plan]) -> str | None:
+    """The first plan (in configuration order) that reads ``category``."""
+    return next((p.name for p in plans.values() if p.reads(category)), None)
+
+
+def check_readable(category: str, plan: Plan, plans: Mapping[str, Plan]) -> None:
+    """Raise ``PlanForbids`` (naming the plan that would allow it) unless ``plan`` reads ``category``."""
+    if not plan.reads(category):
+        raise PlanForbids(category, plan, upgrade_for(category, plans))
 
 
 def clamp_since(since: dt.datetime | None, plan: Plan, now: dt.datetime) -> tuple[dt.datetime | None, bool]:

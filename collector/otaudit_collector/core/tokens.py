@@ -30,6 +30,8 @@ class Principal:
     tenant: str
     role: str
     name: str
+    plan: str | None = None
+    """The tenant's plan as stored; None when it has none yet (the default plan applies)."""
 
 
 def new_token() -> tuple[str, str, str]:

@@ -31,7 +31,6 @@ class TenantRow:
     tenant: str
     plan: str
     events: int
-    created_at: dt.datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +41,6 @@ class TokenRow:
     name: str
     created_at: dt.datetime
     revoked_at: dt.datetime | None
-    last_used_at: dt.datetime | None
 
 
 def set_plan(conn: psycopg.Connection[Any], tenant: str, plan: str) -> str | None:
@@ -59,10 +57,10 @@ def set_plan(conn: psycopg.Connection[Any], tenant: str, plan: str) -> str | Non
 def list_tenants(conn: psycopg.Connection[Any]) -> list[TenantRow]:
     """Every tenant with a plan or with events, with its event count (from the commit sequence)."""
     rows = conn.execute(
-        "SELECT coalesce(t.tenant, s.tenant), t.plan, coalesce(s.last_seq, 0), t.created_at"
+        "SELECT coalesce(t.tenant, s.tenant), t.plan, coalesce(s.last_seq, 0)"
         " FROM tenants t FULL JOIN tenant_seq s ON s.tenant = t.tenant ORDER BY 1"
     ).fetchall()
-    return [TenantRow(r[0], r[1] or "", int(r[2]), r[3]) for r in rows]
+    return [TenantRow(r[0], r[1] or "", int(r[2])) for r in rows]
 
 
 def create_token(conn: psycopg.Connection[Any], *, tenant: str, role: str, name: str, pepper: str) -> tuple[str, str]:
@@ -78,7 +76,7 @@ def create_token(conn: psycopg.Connection[Any], *, tenant: str, role: str, name:
 
 
 def list_tokens(conn: psycopg.Connection[Any], tenant: str | None = None, *, include_revoked: bool = False) -> list[TokenRow]:
-    sql = "SELECT id, tenant, role, name, created_at, revoked_at, last_used_at FROM tokens WHERE true"
+    sql = "SELECT id, tenant, role, name, created_at, revoked_at FROM tokens WHERE true"
     params: list[Any] = []
     if tenant is not None:
         sql += " AND tenant = %s"
@@ -98,7 +96,10 @@ def revoke_token(conn: psycopg.Connection[Any], token_id: str) -> bool:
     return row is not None
 
 
-_TOKEN_SQL = "SELECT tenant, role, name, secret_hash FROM tokens WHERE id = %s AND revoked_at IS NULL"
+_TOKEN_SQL = (
+    "SELECT k.tenant, k.role, k.name, k.secret_hash, t.plan FROM tokens k LEFT JOIN tenants t ON t.tenant = k.tenant"
+    " WHERE k.id = %s AND k.revoked_at IS NULL"
+)
 
 
 def _principal(token_id: str, secret: str, pepper: str, row: tuple[Any, ...] | None) -> Principal | None:
@@ -108,7 +109,7 @@ def _principal(token_id: str, secret: str, pepper: str, row: tuple[Any, ...] | N
         return None
     if not secret_matches(secret, pepper, bytes(row[3])):
         return None
-    return Principal(token_id, row[0], row[1], row[2])
+    return Principal(token_id, row[0], row[1], row[2], row[4])
 
 
 def authenticate(conn: psycopg.Connection[Any], text: str, pepper: str) -> Principal | None:

@@ -18,7 +18,6 @@ CREATE TABLE tokens (
     name          text        NOT NULL,
     secret_hash   bytea       NOT NULL,
     created_at    timestamptz NOT NULL DEFAULT now(),
-    revoked_at    timestamptz,
-    last_used_at  timestamptz
+    revoked_at    timestamptz
 );
 CREATE INDEX tokens_tenant ON tokens (tenant);
