@@ -193,6 +193,7 @@ def test_record_without_a_span_or_time_uses_now_and_no_trace() -> None:
         ({"occurred_at": dt.datetime(2026, 1, 1)}, ValueError, "occurred_at has no time zone"),
         ({"occurred_at": 1700000000}, TypeError, "occurred_at must be a datetime"),
         ({"details": {"when": object()}}, enc.EncodeError, r"audit.details.when: a object cannot be sent"),
+        ({"details": [("method", "sso")]}, TypeError, "details must be a mapping"),
         ({"attributes": {"log.record.uid": "fixed"}}, ValueError, "'log.record.uid' is set by record"),
         ({"attributes": {"audit.tenant.id": "other"}}, ValueError, "'audit.tenant.id' is set by record"),
         ({"occurred_at": dt.datetime(1969, 12, 31, tzinfo=dt.UTC)}, ValueError, "is not after 1970-01-01"),

@@ -8,11 +8,13 @@ process that died are sent by the next one that uses the same buffer directory.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import os
 import signal
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -101,7 +103,7 @@ class AuditClient:
         self._sender: Sender | None = None
         if buffer is None:
             self._start_sender()
-            _register(self)
+            _clients.add(self)
         if handle_sigterm:
             self.handle_sigterm()
 
@@ -289,15 +291,13 @@ class AuditClient:
         self._lock.release()
 
     def _after_fork_child(self) -> None:
-        import uuid
-
         self._lock = threading.Lock()
         if self._closed:
             return
         attrs = dict(self.settings.resource_attributes)
         instance = str(uuid.uuid4())
         attrs["service.instance.id"] = instance
-        self.settings = _replace(self.settings, instance_id=instance, resource_attributes=attrs)
+        self.settings = dataclasses.replace(self.settings, instance_id=instance, resource_attributes=attrs)
         self._resource = enc.resource(attrs)
         self._sequence = 0
         self._recorded = 0
@@ -306,17 +306,7 @@ class AuditClient:
             self._start_sender()
 
 
-def _replace(settings: Settings, **changes: Any) -> Settings:
-    import dataclasses
-
-    return dataclasses.replace(settings, **changes)
-
-
 _clients: weakref.WeakSet[AuditClient] = weakref.WeakSet()
-
-
-def _register(client: AuditClient) -> None:
-    _clients.add(client)
 
 
 def _at_exit() -> None:

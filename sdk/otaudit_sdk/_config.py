@@ -74,7 +74,9 @@ def _env(names: tuple[str, ...], environ: Mapping[str, str]) -> str | None:
     return None
 
 
-def _headers(text: str | None, source: str) -> dict[str, str]:
+def _pairs(text: str | None, source: str) -> dict[str, str]:
+    """``key=value,key2=value2`` (URL-encoded), as the OTel variables write headers and
+    resource attributes. A malformed entry is named by position: a header may be a secret."""
     if not text:
         return {}
     from urllib.parse import unquote
@@ -86,20 +88,7 @@ def _headers(text: str | None, source: str) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"{source}: entry {number} is not key=value (its text is not shown: it may hold a secret)")
-        out[unquote(key.strip()).lower()] = unquote(value.strip())
-    return out
-
-
-def _resource_env(text: str | None) -> dict[str, Any]:
-    if not text:
-        return {}
-    from urllib.parse import unquote
-
-    out: dict[str, Any] = {}
-    for item in text.split(","):
-        key, sep, value = item.partition("=")
-        if sep and key.strip():
-            out[unquote(key.strip())] = unquote(value.strip())
+        out[unquote(key.strip())] = unquote(value.strip())
     return out
 
 
@@ -154,7 +143,8 @@ def settings_from(
     if proto == "http" and not url.startswith(("http://", "https://")):
         raise ValueError(f"endpoint {url!r} must start with http:// or https:// for OTLP/HTTP")
 
-    merged = _headers(_env(("OTEL_EXPORTER_OTLP_LOGS_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"), env), "OTEL_EXPORTER_OTLP_HEADERS")
+    header_text = _env(("OTEL_EXPORTER_OTLP_LOGS_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"), env)
+    merged = {k.lower(): v for k, v in _pairs(header_text, "OTEL_EXPORTER_OTLP_HEADERS").items()}
     merged.update({k.lower(): v for k, v in (headers or {}).items()})
     secret = token or _env(("OTAUDIT_SDK_TOKEN",), env)
     if secret:
@@ -170,7 +160,7 @@ def settings_from(
         millis = _env(("OTEL_EXPORTER_OTLP_LOGS_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"), env)
         timeout_seconds = max(1.0, float(millis) / 1000) if millis else 10.0
 
-    resource = _resource_env(_env(("OTEL_RESOURCE_ATTRIBUTES",), env))
+    resource: dict[str, Any] = dict(_pairs(_env(("OTEL_RESOURCE_ATTRIBUTES",), env), "OTEL_RESOURCE_ATTRIBUTES"))
     resource.update(resource_attributes or {})
     service = service_name or _env(("OTEL_SERVICE_NAME",), env) or resource.get("service.name") or "unknown_service"
     resource["service.name"] = service

@@ -142,6 +142,8 @@ def encode_event(
         items = [c.as_map() if isinstance(c, Change) else c for c in changes]
         parts.append(enc.attribute(k[a.CHANGES], items, a.CHANGES))
     if details:
+        if not isinstance(details, Mapping):
+            raise TypeError(f"details must be a mapping of event-specific fields, got {type(details).__name__}")
         parts.append(enc.attribute(k[a.DETAILS], details, a.DETAILS))
     if reason is not None:
         parts.append(s(k[a.REASON], reason, a.REASON))
