@@ -390,6 +390,7 @@ def test_settings_follow_the_standard_variables() -> None:
         ({"tenant": "a b"}, "not a valid tenant id"),
         ({"max_buffer_bytes": 0}, "max_buffer_bytes must be at least 1"),
         ({"environ": {"OTEL_EXPORTER_OTLP_HEADERS": "x=1,Authorization: Bearer s3cr3t"}}, "entry 2 is not key=value"),
+        ({"environ": {"OTEL_RESOURCE_ATTRIBUTES": "deployment=prod,oops"}}, "OTEL_RESOURCE_ATTRIBUTES: entry 2 is not key=value"),
     ],
 )
 def test_bad_settings_are_refused_at_configure(kwargs: dict[str, Any], words: str) -> None:
