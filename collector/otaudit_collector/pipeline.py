@@ -8,6 +8,8 @@ after the commit: until then the client still holds its data.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,9 +21,12 @@ from otaudit_collector.core.normalize import Policy, normalize_request
 from otaudit_collector.core.otlp_json import decode_json
 from otaudit_collector.core.otlp_proto import decode_protobuf
 from otaudit_collector.core.prepare import Prepared, prepare
+from otaudit_collector.core.tokens import Principal
 from otaudit_collector.storage.writer import Writer
 
 __all__ = ["ExportResult", "Ingestor", "OFFLOAD_BYTES"]
+
+log = logging.getLogger(__name__)
 
 OFFLOAD_BYTES = 64 * 1024
 """Request bodies at least this large are decoded and validated on a worker thread.
@@ -64,13 +69,18 @@ class Ingestor:
     def close(self) -> None:
         self._workers.shutdown(wait=False, cancel_futures=True)
 
-    def _prepare(self, body: bytes, as_json: bool, received_ns: int, catalogs: CatalogSet) -> Prepared:
-        depth = self._policy.max_depth
+    def _prepare(self, body: bytes, as_json: bool, received_ns: int, catalogs: CatalogSet, tenant: str | None) -> Prepared:
+        policy = self._policy if tenant is None else dataclasses.replace(self._policy, default_tenant=tenant)
+        depth = policy.max_depth
         decoded = decode_json(body, depth) if as_json else decode_protobuf(body, depth)
-        return prepare(normalize_request(decoded, received_ns, self._policy), catalogs, received_ns)
+        return prepare(normalize_request(decoded, received_ns, policy), catalogs, received_ns, tenant=tenant)
 
-    async def export(self, body: bytes, *, as_json: bool = False) -> ExportResult:
-        """Decode, validate and store one request body; answer only once it is committed."""
+    async def export(self, body: bytes, *, as_json: bool = False, principal: Principal | None = None) -> ExportResult:
+        """Decode, validate and store one request body; answer only once it is committed.
+
+        ``principal``: the request's ingest token. Its tenant is given to records that name
+        none, and records naming another tenant are refused.
+        """
         if self.in_flight >= self._max_concurrent:
             raise Overloaded(
                 f"{self.in_flight} requests are being processed (limit {self._max_concurrent}): retry later",
@@ -80,11 +90,21 @@ class Ingestor:
         try:
             received_ns = self._clock()
             catalogs = self._catalogs()  # the set in force when the request arrived, even if a reload swaps it
+            tenant = principal.tenant if principal is not None else None
             if len(body) >= OFFLOAD_BYTES:
                 loop = asyncio.get_running_loop()
-                prepared = await loop.run_in_executor(self._workers, self._prepare, body, as_json, received_ns, catalogs)
+                prepared = await loop.run_in_executor(self._workers, self._prepare, body, as_json, received_ns, catalogs, tenant)
             else:
-                prepared = self._prepare(body, as_json, received_ns, catalogs)
+                prepared = self._prepare(body, as_json, received_ns, catalogs, tenant)
+            if prepared.refused and principal is not None:
+                log.warning(
+                    "records refused: an ingest token may write only its own tenant",
+                    extra={
+                        "token_id": principal.token_id,
+                        "tenant": principal.tenant,
+                        "refused": prepared.refused,
+                    },
+                )
             if prepared.lines or prepared.rejects:
                 await self._writer.submit(prepared)
             return ExportResult(len(prepared.lines), prepared.rejected, prepared.partial_success_message())

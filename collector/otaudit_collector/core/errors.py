@@ -1,6 +1,6 @@
 """Ingest errors and what the client should do next, mapped to gRPC and HTTP in one place.
 
-Two families, as in the OpenTelemetry Collector's receivers:
+Three families, as in the OpenTelemetry Collector's receivers:
 
 - permanent: the request itself is wrong (cannot be decoded, too large, wrong content
   type). Retrying the same bytes cannot succeed. gRPC INVALID_ARGUMENT or
@@ -8,6 +8,8 @@ Two families, as in the OpenTelemetry Collector's receivers:
 - retryable: the collector cannot make the request durable right now (database away,
   too much in flight). The client keeps the data and retries after ``retry_after``.
   gRPC UNAVAILABLE with RetryInfo, HTTP 503 or 429 with Retry-After.
+- refused: the credentials are missing, unknown or not meant for ingest. The data is
+  fine, the client's setup is not. gRPC UNAUTHENTICATED / PERMISSION_DENIED, HTTP 401 / 403.
 
 Per-record problems (a record that fails its catalog) are not errors of the request:
 they travel in ``partial_success`` and are quarantined.
@@ -26,6 +28,8 @@ __all__ = [
     "UnsupportedMediaType",
     "Unavailable",
     "Overloaded",
+    "Unauthenticated",
+    "PermissionDenied",
     "RecordError",
     "Status",
     "internal_error",
@@ -80,6 +84,18 @@ class Overloaded(IngestError):
     """Too much is in flight: retry later, the collector sheds load instead of dropping it."""
 
     status = Status(grpc.StatusCode.UNAVAILABLE, 429, retryable=True)
+
+
+class Unauthenticated(IngestError):
+    """No valid ingest token where one is needed: send one (the message says how)."""
+
+    status = Status(grpc.StatusCode.UNAUTHENTICATED, 401, retryable=False)
+
+
+class PermissionDenied(IngestError):
+    """A valid token that may not send events (an admin or auditor token)."""
+
+    status = Status(grpc.StatusCode.PERMISSION_DENIED, 403, retryable=False)
 
 
 def internal_error() -> IngestError:

@@ -14,6 +14,7 @@ from typing import Any
 
 from otaudit_collector.core.catalog import CatalogSet
 from otaudit_collector.core.normalize import Candidate, iso_from_ns, iter_strings, storable
+from otaudit_collector.core.otlp_model import encode_resource
 
 __all__ = ["Prepared", "RejectRow", "prepare", "copy_text", "MAX_EVENT_BYTES", "EVENT_COLUMNS"]
 
@@ -60,10 +61,12 @@ class Prepared:
     keys: list[tuple[str, str, str]] = field(default_factory=list)  # (tenant, id, occurred_at) of each line
     rejects: list[RejectRow] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
+    refused: int = 0
+    """Records rejected but not quarantined: they claim a tenant their ingest token may not write."""
 
     @property
     def rejected(self) -> int:
-        return len(self.rejects)
+        return len(self.rejects) + self.refused
 
     def partial_success_message(self) -> str:
         """The OTLP partial_success message: each rejected record with its reasons."""
@@ -71,17 +74,31 @@ class Prepared:
             return ""
         shown = self.messages[:_MAX_REJECTS_NAMED]
         more = len(self.messages) - len(shown)
-        text = f"{len(self.messages)} record(s) rejected and quarantined: " + " | ".join(shown)
+        if self.refused:
+            head = f"{len(self.messages)} record(s) rejected, {len(self.rejects)} of them quarantined: "
+        else:
+            head = f"{len(self.messages)} record(s) rejected and quarantined: "
+        text = head + " | ".join(shown)
         if more:
             text += f" | and {more} more (see 'otaudit rejects list')"
         return text
 
 
-def prepare(candidates: list[Candidate], catalogs: CatalogSet, received_ns: int) -> Prepared:
-    """Validate each candidate against its catalog and build its row or its reject."""
+def prepare(candidates: list[Candidate], catalogs: CatalogSet, received_ns: int, *, tenant: str | None = None) -> Prepared:
+    """Validate each candidate against its catalog and build its row or its reject.
+
+    ``tenant``: the tenant of the request's ingest token. A record claiming another one
+    is refused and not quarantined: a replay, which has no token, would store it.
+    """
     out = Prepared()
     received = iso_from_ns(received_ns)
     for index, cand in enumerate(candidates):
+        claimed = None if tenant is None else cand.doc["tenant"] if cand.doc is not None else claimed_tenant(cand)
+        if claimed is not None and claimed != tenant:
+            out.refused += 1
+            reason = f"tenant '{claimed}' is not the token's tenant '{tenant}'; an ingest token writes only its own tenant"
+            out.messages.append(_describe(index, cand, [reason]))
+            continue
         doc = cand.doc
         if doc is not None and not cand.errors:
             problems = catalogs.check(doc)
@@ -100,27 +117,41 @@ def prepare(candidates: list[Candidate], catalogs: CatalogSet, received_ns: int)
                     continue
                 problems = [problem]
             cand.errors.extend(problems)
-        out.rejects.append(_reject(cand))
+        out.rejects.append(_reject(cand, tenant if tenant is not None and claimed_tenant(cand) is None else None))
         out.messages.append(_describe(index, cand))
     return out
 
 
-def _describe(index: int, cand: Candidate) -> str:
+def claimed_tenant(cand: Candidate) -> str | None:
+    """The tenant a record names on itself or on its resource, read as normalization reads it; None when it names none."""
+    named = None
+    if cand.record is not None:
+        for key, value in cand.record[7]:
+            if key == "audit.tenant.id":
+                named = value if type(value) is str else str(value) if type(value) is int else None
+    return named or cand.context.tenant
+
+
+def _describe(index: int, cand: Candidate, reasons: list[str] | None = None) -> str:
     i, j, k = cand.path
     what = f"record {index} (resource_logs[{i}].scope_logs[{j}].log_records[{k}]"
     if cand.event:
         what += f", event '{cand.event}'"
     if cand.doc is not None and cand.doc.get("category"):
         what += f", category '{cand.doc['category']}'"
-    return f"{what}): " + "; ".join(cand.errors)
+    return f"{what}): " + "; ".join(cand.errors if reasons is None else reasons)
 
 
-def _reject(cand: Candidate) -> RejectRow:
+def _reject(cand: Candidate, assigned_tenant: str | None = None) -> RejectRow:
+    """The quarantine row. ``assigned_tenant``: the tenant an ingest token gave a record that
+    named none; added to the stored resource, so that a replay (without the token) keeps it."""
     resource = cand.context.encoded()
+    if assigned_tenant is not None:  # a serialized repeated field appends: the resource gains one attribute
+        resource += encode_resource(None, [("audit.tenant.id", assigned_tenant)])
     record = cand.record_bytes()
     doc = cand.doc or {}
     return RejectRow(
-        tenant=doc.get("tenant") or cand.context.tenant,
+        tenant=doc.get("tenant") or cand.context.tenant or assigned_tenant,
         category=doc.get("category"),
         event=cand.event or None,
         reasons=tuple(cand.errors),

@@ -17,6 +17,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 
 from otaudit_collector.core.errors import IngestError, internal_error
 from otaudit_collector.pipeline import Ingestor
+from otaudit_collector.receivers.auth import GRPC_METADATA, IngestAuth
 
 __all__ = ["create_grpc_server", "error_trailers"]
 
@@ -43,10 +44,18 @@ def error_trailers(err: IngestError) -> tuple[tuple[str, bytes], ...]:
     return tuple(trailers)
 
 
-def _handler(ingestor: Ingestor):  # type: ignore[no-untyped-def]
+def _authorization(context: grpc.aio.ServicerContext[bytes, bytes]) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else None
+    return None
+
+
+def _handler(ingestor: Ingestor, auth: IngestAuth | None):  # type: ignore[no-untyped-def]
     async def export(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         try:
-            result = await ingestor.export(request)
+            principal = await auth.check(_authorization(context), via=GRPC_METADATA) if auth is not None else None
+            result = await ingestor.export(request, principal=principal)
         except IngestError as err:
             await context.abort(err.status.grpc_code, err.message, trailing_metadata=error_trailers(err))
             raise  # unreachable: abort raises
@@ -64,7 +73,9 @@ def _handler(ingestor: Ingestor):  # type: ignore[no-untyped-def]
     return export
 
 
-def create_grpc_server(ingestor: Ingestor, *, max_request_bytes: int, max_concurrent_requests: int) -> grpc.aio.Server:
+def create_grpc_server(
+    ingestor: Ingestor, *, max_request_bytes: int, max_concurrent_requests: int, auth: IngestAuth | None = None
+) -> grpc.aio.Server:
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_request_bytes),
@@ -73,6 +84,6 @@ def create_grpc_server(ingestor: Ingestor, *, max_request_bytes: int, max_concur
         ],
         maximum_concurrent_rpcs=max_concurrent_requests * 2,
     )
-    handler = grpc.unary_unary_rpc_method_handler(_handler(ingestor), request_deserializer=None, response_serializer=None)
+    handler = grpc.unary_unary_rpc_method_handler(_handler(ingestor, auth), request_deserializer=None, response_serializer=None)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Export": handler}),))
     return server

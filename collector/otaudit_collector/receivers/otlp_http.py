@@ -20,6 +20,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 
 from otaudit_collector.core.errors import BadRequest, IngestError, PayloadTooLarge, UnsupportedMediaType, internal_error
 from otaudit_collector.pipeline import ExportResult, Ingestor
+from otaudit_collector.receivers.auth import HTTP_HEADER, IngestAuth
 
 __all__ = ["create_http_app", "PROTOBUF", "JSON"]
 
@@ -29,12 +30,15 @@ log = logging.getLogger(__name__)
 _ENCODINGS = {"", "identity", "gzip", "deflate"}
 _INGESTOR = web.AppKey("ingestor", Ingestor)
 _MAX_BYTES = web.AppKey("max_request_bytes", int)
+_AUTH = web.AppKey("auth", IngestAuth)
 
 
-def create_http_app(ingestor: Ingestor, *, max_request_bytes: int) -> web.Application:
+def create_http_app(ingestor: Ingestor, *, max_request_bytes: int, auth: IngestAuth | None = None) -> web.Application:
     app = web.Application(client_max_size=max_request_bytes)
     app[_INGESTOR] = ingestor
     app[_MAX_BYTES] = max_request_bytes
+    if auth is not None:
+        app[_AUTH] = auth
     app.router.add_post("/v1/logs", _logs)
     return app
 
@@ -42,13 +46,15 @@ def create_http_app(ingestor: Ingestor, *, max_request_bytes: int) -> web.Applic
 async def _logs(request: web.Request) -> web.StreamResponse:
     as_json = request.content_type == JSON
     try:
+        auth = request.app.get(_AUTH)
+        principal = await auth.check(request.headers.get("Authorization"), via=HTTP_HEADER) if auth is not None else None
         if request.content_type not in (PROTOBUF, JSON):
             raise UnsupportedMediaType(f"Content-Type must be {PROTOBUF} or {JSON}, got {request.content_type or 'none'!r}")
         encoding = request.headers.get("Content-Encoding", "").strip().lower()
         if encoding not in _ENCODINGS:
             raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported: send gzip or no encoding")
         body = await _read(request, encoding)
-        result = await request.app[_INGESTOR].export(body, as_json=as_json)
+        result = await request.app[_INGESTOR].export(body, as_json=as_json, principal=principal)
     except IngestError as err:
         return _error(err, as_json)
     except Exception:
@@ -103,6 +109,8 @@ def _error(err: IngestError, as_json: bool) -> web.Response:
     headers = {}
     if err.status.retryable and err.retry_after_seconds is not None:
         headers["Retry-After"] = str(max(1, math.ceil(err.retry_after_seconds)))
+    if err.status.http_status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     if as_json:
         body = json.dumps({"code": code, "message": err.message}).encode()
         content_type = JSON
