@@ -72,6 +72,11 @@ class Api:
         return answer.json()
 
 
+def services(events: list[dict[str, Any]]) -> list[str]:
+    """The ids of the events services sent: without the API's own audit events (its sessions)."""
+    return [e["id"] for e in events if e["source"].get("service") != "otaudit-collector"]
+
+
 def token(db: str, tenant: str, role: str = "admin") -> str:
     with psycopg.connect(db) as conn:
         return access.create_token(conn, tenant=tenant, role=role, name=f"{tenant} {role}", pepper="")[1]
@@ -108,7 +113,7 @@ def trail(collector: RunningCollector) -> Iterator[dict[str, Any]]:
 
 def test_every_read_route_needs_a_token_that_may_read(trail: dict[str, Any]) -> None:
     collector: RunningCollector = trail["collector"]
-    routes = ["/v1/events", f"/v1/events/{trail['acme'][0]}", "/v1/feed", "/v1/tenants/acme/plan", "/v1/catalog"]
+    routes = ["/v1/events", f"/v1/events/{trail['acme'][0]}", "/v1/feed", "/v1/tenants/acme/plan", "/v1/catalog", "/v1/whoami"]
     ingest = Api(collector.api_url, token(collector.conninfo, "acme", "ingest"))
     for route in routes:
         missing = Api(collector.api_url, None).get(route)
@@ -125,11 +130,14 @@ def test_a_token_sees_its_own_tenant_and_nothing_else(trail: dict[str, Any]) -> 
     collector: RunningCollector = trail["collector"]
     globex = Api(collector.api_url, token(collector.conninfo, "globex"))
     seen = globex.ok("/v1/events")["events"]
-    assert [e["id"] for e in seen] == trail["globex"]
+    assert services(seen) == trail["globex"]
+    (session,) = [e for e in seen if e["event"] == "siteAccess"]  # reading is audited, in the reader's tenant
+    assert session["tenant"] == "globex" and session["actor"]["type"] == "api_key"
     for event_id in trail["acme"][:3]:
         assert globex.get(f"/v1/events/{event_id}").status_code == 404
-    assert [e["id"] for e in globex.ok("/v1/feed")["events"]] == trail["globex"]
+    assert services(globex.ok("/v1/feed")["events"]) == trail["globex"]
     assert globex.get("/v1/tenants/acme/plan").status_code == 404
+    assert globex.ok("/v1/whoami")["tenant"] == "globex"
     assert all(e["tenant"] == "acme" for e in trail["api"].ok("/v1/events", limit=1000)["events"])
 
 
@@ -160,13 +168,16 @@ def test_the_plan_decides_which_categories_are_read(trail: dict[str, Any]) -> No
     plan = api.ok("/v1/tenants/acme/plan")
     assert plan["plan"] == "pro" and "inventory_configuration" in plan["categories"]
     assert "discovery_configuration" not in plan["categories"] and plan["query_window_days"] == 365
+    me = api.ok("/v1/whoami")
+    assert {k: me[k] for k in plan} == plan and me["role"] == "admin" and me["name"] == "acme admin"
+    assert me["token_id"] == api.headers["Authorization"].split("_")[1]
 
 
 def test_filters_and_the_search_phrase(trail: dict[str, Any]) -> None:
     api: Api = trail["api"]
 
     def ids(**params: Any) -> set[str]:
-        return {e["id"] for e in api.ok("/v1/events", limit=1000, **params)["events"]}
+        return set(services(api.ok("/v1/events", limit=1000, **params)["events"]))
 
     roles, logins = set(trail["acme"][:12]), set(trail["acme"][12:14])
     assert ids(event="updateRole") == roles
@@ -177,7 +188,7 @@ def test_filters_and_the_search_phrase(trail: dict[str, Any]) -> None:
     assert ids(outcome="failure") == {trail["acme"][13]}
     assert ids(q="event:siteAccess -outcome:success") == {trail["acme"][13]}
     assert ids(q='event:"siteAccess" outcome:success') == {trail["acme"][12]}
-    newest = api.ok("/v1/events", limit=1)["events"][0]
+    newest = api.ok("/v1/events", limit=1, event="updateRole")["events"][0]
     assert ids(q=f"time:>={newest['occurred_at']}") == {newest["id"]}
     assert ids(until=newest["occurred_at"]) == (roles | logins) - {newest["id"]}
     assert ids(since=int(time.time()) + 3600) == set()
@@ -228,7 +239,9 @@ def test_the_feed_is_commit_order_and_resumable(trail: dict[str, Any]) -> None:
     seqs = [e["seq"] for e in first["events"]]
     assert seqs == [1, 2, 3, 4, 5] and first["next_after"] == 5
     rest = api.ok("/v1/feed", after=first["next_after"], limit=1000)
-    assert [e["seq"] for e in rest["events"]] == list(range(6, 15))  # seq 15, inventory, is not in the plan
+    # seq 15, inventory, is not in the plan; 16 is the API session this reading opened
+    assert [e["seq"] for e in rest["events"]] == [*range(6, 15), 16]
+    assert rest["events"][-1]["event"] == "siteAccess"
     assert api.ok("/v1/feed", after=rest["next_after"])["events"] == []
     assert api.get("/v1/feed", after=-1).status_code == 400
 
@@ -238,11 +251,11 @@ def test_the_query_window_clamps_since_and_says_so(collector: RunningCollector) 
     recent = send(collector.grpc_target, [(ROLE, None)])[0]
     api = Api(collector.api_url, token(collector.conninfo, "acme"))
     answer = api.ok("/v1/events", since=int(time.time()) - 300 * 86_400)
-    assert [e["id"] for e in answer["events"]] == [recent]
+    assert services(answer["events"]) == [recent]
     assert "is before the 'basic' plan's query window of 90 days" in answer["since_clamped"]
     assert "since_clamped" not in api.ok("/v1/events")
     set_plan(collector.conninfo, "acme", "pro")
-    assert {e["id"] for e in api.ok("/v1/events", since=int(time.time()) - 300 * 86_400)["events"]} == {old, recent}
+    assert set(services(api.ok("/v1/events", since=int(time.time()) - 300 * 86_400)["events"])) == {old, recent}
 
 
 def test_one_event_has_its_old_and_new_values(trail: dict[str, Any]) -> None:

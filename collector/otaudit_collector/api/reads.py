@@ -8,22 +8,34 @@ naming another category is a 403 that names the plan including it.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from aiohttp import web
-from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from otaudit_collector.core.catalog import CatalogSet
 from otaudit_collector.core.plans import Plan, PlanForbids, allowed_categories, check_readable, clamp_since, upgrade_for
-from otaudit_collector.core.query import MAX_LIMIT, BadFilter, Filters, encode_cursor, events_sql, parse_filters
+from otaudit_collector.core.query import DOCUMENT_SQL, MAX_LIMIT, BadFilter, Filters, encode_cursor, events_sql, parse_filters
 from otaudit_collector.core.tokens import Principal
+from otaudit_collector.selfaudit import Access, Sessions
 from otaudit_collector.storage.access import authenticate_async
 
-__all__ = ["ReadContext", "READS", "add_read_routes", "auth_middleware", "error"]
+__all__ = [
+    "ReadContext",
+    "READS",
+    "add_read_routes",
+    "auth_middleware",
+    "error",
+    "principal_of",
+    "plan_of",
+    "readable_categories",
+]
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +47,13 @@ class ReadContext:
     default_plan: str
     pepper: str
     catalogs: Callable[[], CatalogSet]
+    sessions: Sessions | None = None  # records each API session (self-audit); None records none
 
 
 READS: web.AppKey[ReadContext] = web.AppKey("reads", ReadContext)
 _PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 _OPEN = ("/healthz", "/readyz", "/metrics", "/openapi.json")
-_COLUMNS = "seq, received_at, doc"
+_SIGNED = re.compile(r"/v1/exports/[^/]+/download")
 
 
 def error(status: int, code: str, message: str, **headers: str) -> web.Response:
@@ -51,8 +64,20 @@ def error(status: int, code: str, message: str, **headers: str) -> web.Response:
 async def auth_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    if request.path in _OPEN or READS not in request.app:
+    if request.path in _OPEN or request.path == "/" or request.path.startswith("/ui/") or READS not in request.app:
         return await handler(request)
+    if _SIGNED.fullmatch(request.path):  # a download URL carries its own signature instead of a token
+        return await handler(request)
+    try:
+        return await _authenticated(request, handler)
+    except psycopg.OperationalError as exc:
+        log.warning("API request failed: the database is unreachable", extra={"error": str(exc)})
+        return error(503, "unavailable", "the database is unreachable; try again shortly", **{"Retry-After": "5"})
+
+
+async def _authenticated(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     header = request.headers.get("Authorization", "")
     scheme, _, text = header.partition(" ")
     if scheme.lower() != "bearer" or not text.strip():
@@ -65,6 +90,9 @@ async def auth_middleware(
     if principal.role == "ingest":
         return error(403, "forbidden", "an ingest token can send events, not read them; use an admin or auditor token")
     request[_PRINCIPAL] = principal
+    if ctx.sessions is not None:
+        async with ctx.pool.connection() as conn:
+            await ctx.sessions.touch(conn, Access(principal, request.remote, request.headers.get("User-Agent")))
     # PostgreSQL text cannot hold NUL: refuse it here, for every route, rather than fail in SQL.
     for name, value in [*request.query.items(), *request.match_info.items()]:
         if "\x00" in name or "\x00" in value:
@@ -85,9 +113,14 @@ def add_read_routes(app: web.Application, ctx: ReadContext) -> None:
     app.router.add_get("/v1/feed", _feed)
     app.router.add_get("/v1/tenants/{tenant}/plan", _plan_route)
     app.router.add_get("/v1/catalog", _catalog)
+    app.router.add_get("/v1/whoami", _whoami)
 
 
-def _plan_of(request: web.Request) -> Plan:
+def principal_of(request: web.Request) -> Principal:
+    return request[_PRINCIPAL]
+
+
+def plan_of(request: web.Request) -> Plan:
     """The caller's plan, as the token lookup found it (no second query)."""
     ctx = request.app[READS]
     principal = request[_PRINCIPAL]
@@ -99,7 +132,7 @@ def _plan_of(request: web.Request) -> Plan:
     return plan
 
 
-def _categories(request: web.Request, plan: Plan, requested: list[str]) -> list[str] | None:
+def readable_categories(request: web.Request, plan: Plan, requested: list[str]) -> list[str] | None:
     """The categories to read; None for every category (a plan with '*' and no filter)."""
     ctx = request.app[READS]
     if not requested and "*" in plan.categories:
@@ -107,25 +140,28 @@ def _categories(request: web.Request, plan: Plan, requested: list[str]) -> list[
     return allowed_categories(plan, ctx.plans, ctx.catalogs().categories, requested)
 
 
-def _present(row: dict[str, Any]) -> dict[str, Any]:
-    return {**row["doc"], "seq": row["seq"], "received_at": _iso(row["received_at"])}
+def _events_answer(documents: list[str], **fields: Any) -> web.Response:
+    """``{"events": [...], **fields}``, the events spliced in as PostgreSQL wrote them (no parse, no re-encode)."""
+    rest = json.dumps(fields, separators=(",", ":"))
+    body = '{"events":[' + ",".join(documents) + "]" + ("," + rest[1:] if fields else "}")
+    return web.Response(text=body, content_type="application/json")
 
 
 def _iso(when: dt.datetime) -> str:
-    return when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    return when.astimezone(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 async def _events(request: web.Request) -> web.Response:
     ctx = request.app[READS]
     principal = request[_PRINCIPAL]
     filters = parse_filters({key: request.query.getall(key) for key in request.query})
-    plan = _plan_of(request)
-    categories = _categories(request, plan, filters.categories)
+    plan = plan_of(request)
+    categories = readable_categories(request, plan, filters.categories)
     asked_since = filters.since
     filters.since, clamped = clamp_since(filters.since, plan, dt.datetime.now(dt.UTC))
     rows = await _page(ctx, principal.tenant, categories, filters)
-    cursor = encode_cursor(rows[-1]["occurred_at"], rows[-1]["seq"]) if len(rows) == filters.limit else None
-    answer: dict[str, Any] = {"events": [_present(r) for r in rows], "next_cursor": cursor, "plan": plan.name}
+    cursor = encode_cursor(rows[-1][0], rows[-1][1]) if len(rows) == filters.limit else None
+    answer: dict[str, Any] = {"next_cursor": cursor, "plan": plan.name}
     if filters.since is not None:
         answer["since"] = _iso(filters.since)
     if clamped and asked_since is not None and filters.since is not None:
@@ -133,33 +169,32 @@ async def _events(request: web.Request) -> web.Response:
             f"since {_iso(asked_since)} is before the '{plan.name}' plan's query window of {plan.query_window_days} days;"
             f" events from {_iso(filters.since)} on are returned"
         )
-    return web.json_response(answer)
+    return _events_answer([r[2] for r in rows], **answer)
 
 
-async def _page(ctx: ReadContext, tenant: str, categories: list[str] | None, filters: Filters) -> list[dict[str, Any]]:
-    sql, params = events_sql(tenant, categories, filters, columns=f"occurred_at, {_COLUMNS}")
-    async with ctx.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(sql, params)
-        rows: list[dict[str, Any]] = await cur.fetchall()
+async def _page(ctx: ReadContext, tenant: str, categories: list[str] | None, filters: Filters) -> list[tuple[Any, ...]]:
+    """(occurred_at, seq, document) of one page."""
+    sql, params = events_sql(tenant, categories, filters, columns=f"occurred_at, seq, {DOCUMENT_SQL}")
+    async with ctx.pool.connection() as conn:
+        cur = await conn.execute(sql, params)
+        rows: list[tuple[Any, ...]] = await cur.fetchall()
         return rows
 
 
 async def _event(request: web.Request) -> web.Response:
     ctx = request.app[READS]
     principal = request[_PRINCIPAL]
-    async with ctx.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            "SELECT e.category, e.seq, e.received_at, e.doc FROM event_ids i JOIN events e"
-            " ON e.tenant = i.tenant AND e.id = i.id AND e.occurred_at = i.occurred_at"
-            " WHERE i.tenant = %s AND i.id = %s",
-            (principal.tenant, request.match_info["id"]),
+    async with ctx.pool.connection() as conn:
+        cur = await conn.execute(
+            f"SELECT category, {DOCUMENT_SQL} FROM events WHERE tenant = %(tenant)s AND (id, occurred_at) ="
+            " (SELECT id, occurred_at FROM event_ids WHERE tenant = %(tenant)s AND id = %(id)s)",
+            {"tenant": principal.tenant, "id": request.match_info["id"]},
         )
         row = await cur.fetchone()
     if row is None:
         return error(404, "not_found", f"no event {request.match_info['id']!r} in this tenant's trail")
-    plan = _plan_of(request)
-    check_readable(row["category"], plan, ctx.plans)
-    return web.json_response(_present(row))
+    check_readable(row[0], plan_of(request), ctx.plans)
+    return web.Response(text=row[1], content_type="application/json")
 
 
 async def _feed(request: web.Request) -> web.Response:
@@ -167,15 +202,15 @@ async def _feed(request: web.Request) -> web.Response:
     principal = request[_PRINCIPAL]
     after = _int_param(request, "after", 0, minimum=0)
     limit = _int_param(request, "limit", 100, minimum=1, maximum=MAX_LIMIT)
-    plan = _plan_of(request)
-    categories = _categories(request, plan, [])
+    plan = plan_of(request)
+    categories = readable_categories(request, plan, [])
     where = "tenant = %s AND seq > %s" + ("" if categories is None else " AND category = ANY(%s)")
     params: list[Any] = [principal.tenant, after] + ([] if categories is None else [categories])
-    async with ctx.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(f"SELECT {_COLUMNS} FROM events WHERE {where} ORDER BY seq LIMIT %s", [*params, limit])
+    async with ctx.pool.connection() as conn:
+        cur = await conn.execute(f"SELECT seq, {DOCUMENT_SQL} FROM events WHERE {where} ORDER BY seq LIMIT %s", [*params, limit])
         rows = await cur.fetchall()
-    next_after = rows[-1]["seq"] if rows else after
-    return web.json_response({"events": [_present(r) for r in rows], "next_after": next_after, "plan": plan.name})
+    next_after = rows[-1][0] if rows else after
+    return _events_answer([r[1] for r in rows], next_after=next_after, plan=plan.name)
 
 
 def _int_param(request: web.Request, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
@@ -191,27 +226,36 @@ def _int_param(request: web.Request, name: str, default: int, *, minimum: int, m
     return value
 
 
-async def _plan_route(request: web.Request) -> web.Response:
-    principal = request[_PRINCIPAL]
-    if request.match_info["tenant"] != principal.tenant:
-        return error(404, "not_found", "no such tenant for this token")
-    plan = _plan_of(request)
+def _plan_answer(request: web.Request) -> dict[str, Any]:
+    plan = plan_of(request)
     loaded = sorted(request.app[READS].catalogs().categories)
-    return web.json_response(
-        {
-            "tenant": principal.tenant,
-            "plan": plan.name,
-            "description": plan.description,
-            "categories": [c for c in loaded if plan.reads(c)],
-            "retention_days": plan.retention_days,
-            "query_window_days": plan.query_window_days,
-        }
-    )
+    return {
+        "tenant": principal_of(request).tenant,
+        "plan": plan.name,
+        "description": plan.description,
+        "categories": [c for c in loaded if plan.reads(c)],
+        "retention_days": plan.retention_days,
+        "query_window_days": plan.query_window_days,
+    }
+
+
+async def _plan_route(request: web.Request) -> web.Response:
+    if request.match_info["tenant"] != principal_of(request).tenant:
+        return error(404, "not_found", "no such tenant for this token")
+    return web.json_response(_plan_answer(request))
+
+
+async def _whoami(request: web.Request) -> web.Response:
+    """Who the token is: its tenant, role and holder, and the tenant's plan (what a page shows first)."""
+    principal = principal_of(request)
+    answer = _plan_answer(request)
+    answer.update({"token_id": principal.token_id, "role": principal.role, "name": principal.name})
+    return web.json_response(answer)
 
 
 async def _catalog(request: web.Request) -> web.Response:
     ctx = request.app[READS]
-    plan = _plan_of(request)
+    plan = plan_of(request)
     out = []
     for category in sorted(ctx.catalogs().categories.values(), key=lambda c: c.id):
         available = plan.reads(category.id)

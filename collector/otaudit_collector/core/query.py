@@ -21,7 +21,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["BadFilter", "Filters", "parse_filters", "parse_time", "events_sql", "encode_cursor", "MAX_LIMIT"]
+__all__ = [
+    "BadFilter",
+    "DOCUMENT_SQL",
+    "Filters",
+    "parse_filters",
+    "parse_time",
+    "where_sql",
+    "events_sql",
+    "encode_cursor",
+    "MAX_LIMIT",
+]
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
@@ -66,11 +76,14 @@ def parse_time(value: str, parameter: str) -> dt.datetime:
         if re.fullmatch(r"-?\d+(\.\d+)?", text):
             return dt.datetime.fromtimestamp(float(text), dt.UTC)
         when = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        zoned = when.tzinfo is not None
+        # In UTC: PostgreSQL refuses offsets beyond +-15:59 that Python accepts.
+        utc = when.astimezone(dt.UTC) if zoned else when
     except (ValueError, OverflowError, OSError):
         raise BadFilter(parameter, f"'{value}' is not an RFC 3339 time or Unix seconds") from None
-    if when.tzinfo is None:
+    if not zoned:
         raise BadFilter(parameter, f"'{value}' has no time zone (add Z or +00:00)")
-    return when
+    return utc
 
 
 def parse_filters(params: Mapping[str, Sequence[str]]) -> Filters:
@@ -137,6 +150,14 @@ def _parse_q(text: str, out: Filters) -> None:
         raise BadFilter("q", f"'{rest}' is not a key:value term")
 
 
+# An event as the API shows it: the normalized document with seq and received_at, as
+# JSON text made by PostgreSQL (pages and exports pass it through without parsing it).
+DOCUMENT_SQL = (
+    "(doc || jsonb_build_object('seq', seq, 'received_at',"
+    " to_char(received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')))::text"
+)
+
+
 def encode_cursor(occurred_at: dt.datetime, seq: int) -> str:
     raw = json.dumps([occurred_at.isoformat(), seq], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -153,8 +174,8 @@ def _decode_cursor(text: str) -> tuple[dt.datetime, int]:
     raise BadFilter("cursor", "not a cursor this API gave out; start again without it")
 
 
-def events_sql(tenant: str, categories: Sequence[str] | None, filters: Filters, *, columns: str) -> tuple[str, list[Any]]:
-    """SELECT ``columns`` of the tenant's matching events, newest first, one page.
+def where_sql(tenant: str, categories: Sequence[str] | None, filters: Filters) -> tuple[str, list[Any]]:
+    """The WHERE condition (without the cursor) of the tenant's events matching ``filters``.
     ``categories`` None reads every category (a plan with ``*``)."""
     where = ["tenant = %s"]
     params: list[Any] = [tenant]
@@ -183,8 +204,14 @@ def events_sql(tenant: str, categories: Sequence[str] | None, filters: Filters, 
     if filters.until is not None:
         where.append("occurred_at < %s")
         params.append(filters.until)
+    return " AND ".join(where), params
+
+
+def events_sql(tenant: str, categories: Sequence[str] | None, filters: Filters, *, columns: str) -> tuple[str, list[Any]]:
+    """SELECT ``columns`` of the tenant's matching events, newest first, one page after the cursor."""
+    where, params = where_sql(tenant, categories, filters)
     if filters.cursor is not None:
-        where.append("(occurred_at, seq) < (%s, %s)")
+        where += " AND (occurred_at, seq) < (%s, %s)"
         params += list(filters.cursor)
-    sql = f"SELECT {columns} FROM events WHERE {' AND '.join(where)} ORDER BY occurred_at DESC, seq DESC LIMIT %s"
+    sql = f"SELECT {columns} FROM events WHERE {where} ORDER BY occurred_at DESC, seq DESC LIMIT %s"
     return sql, [*params, filters.limit]

@@ -1,0 +1,414 @@
+"""The export routes of the admin API (shared/design/api.md) and the export job runner.
+
+- ``GET /v1/export`` streams every matching event as CSV, NDJSON or JSON: one COPY from
+  PostgreSQL, no row cap, constant memory.
+- ``POST /v1/exports`` makes a job; any replica's ``ExportRunner`` writes its file into the
+  database; ``GET /v1/exports/{id}`` reports progress and, when done, a signed download URL
+  that any replica honours until it expires.
+
+Exports need an admin token and obey the plan like every read route. Each one is recorded
+in the caller's tenant as a ``data_extraction`` event (``exportView``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from aiohttp import web
+
+from otaudit_collector.api.reads import READS, error, plan_of, principal_of, readable_categories
+from otaudit_collector.core.export import (
+    FILTER_PARAMETERS,
+    FORMATS,
+    Format,
+    check_download,
+    filters_from_body,
+    format_named,
+    sign_download,
+)
+from otaudit_collector.core.plans import clamp_since
+from otaudit_collector.core.query import BadFilter, parse_filters, where_sql
+from otaudit_collector.core.tokens import Principal
+from otaudit_collector.selfaudit import Access, SelfAudit
+from otaudit_collector.storage import exports as store
+
+__all__ = ["ExportContext", "ExportRunner", "add_export_routes", "audit_export"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ExportContext:
+    conninfo: str
+    signing_key: bytes
+    audit: SelfAudit
+    max_streams: int = 2
+    url_ttl_seconds: int = 3600
+    keep: dt.timedelta = dt.timedelta(hours=24)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    streams: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.streams = asyncio.Semaphore(self.max_streams)
+
+
+EXPORTS: web.AppKey[ExportContext] = web.AppKey("exports", ExportContext)
+
+
+def add_export_routes(app: web.Application, ctx: ExportContext) -> None:
+    app[EXPORTS] = ctx
+    app.router.add_get("/v1/export", _export)
+    app.router.add_post("/v1/exports", _create_job)
+    app.router.add_get("/v1/exports/{id}", _job)
+    app.router.add_get("/v1/exports/{id}/download", _download)
+
+
+def access_of(request: web.Request) -> Access:
+    return Access(principal_of(request), request.remote, request.headers.get("User-Agent"))
+
+
+def _require_admin(request: web.Request) -> web.Response | None:
+    if principal_of(request).role != "admin":
+        return error(403, "forbidden", "an auditor token reads the trail but cannot export it; use an admin token")
+    return None
+
+
+def _busy(ctx: ExportContext) -> web.Response:
+    return error(
+        429,
+        "too_many_exports",
+        f"{ctx.max_streams} exports are streaming from this collector; retry shortly, or make an export job (POST /v1/exports)",
+        **{"Retry-After": "5"},
+    )
+
+
+def _filename(tenant: str, fmt: Format) -> str:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in tenant)
+    return f"otaudit-{safe}-{stamp}.{fmt.extension}"
+
+
+def _query_filters(request: web.Request) -> dict[str, list[str]]:
+    return {key: request.query.getall(key) for key in FILTER_PARAMETERS if key in request.query}
+
+
+def _resolve(request: web.Request, params: dict[str, list[str]]) -> tuple[list[str] | None, dict[str, list[str]], str | None]:
+    """Check the filters against the plan: (categories, the filters with since clamped, the clamp notice)."""
+    filters = parse_filters(params)
+    plan = plan_of(request)
+    categories = readable_categories(request, plan, filters.categories)
+    asked = filters.since
+    filters.since, clamped = clamp_since(filters.since, plan, dt.datetime.now(dt.UTC))
+    effective = dict(params)
+    notice = None
+    if filters.since is not None:
+        effective["since"] = [filters.since.isoformat()]  # q's time:> terms can only narrow it further
+        if clamped and asked is not None:
+            notice = (
+                f"since {asked.isoformat()} is before the '{plan.name}' plan's query window of"
+                f" {plan.query_window_days} days; events from {filters.since.isoformat()} on are exported"
+            )
+    return categories, effective, notice
+
+
+# -- streaming -------------------------------------------------------------------------
+
+
+async def _export(request: web.Request) -> web.StreamResponse:
+    refused = _require_admin(request)
+    if refused is not None:
+        return refused
+    ctx = request.app[EXPORTS]
+    fmt = format_named(request.query.get("format"))
+    bom = _flag(request.query.get("bom"), "bom")
+    params = _query_filters(request)
+    categories, effective, notice = _resolve(request, params)
+    tenant = principal_of(request).tenant
+    where, where_params = where_sql(tenant, categories, parse_filters(effective))
+    if ctx.streams.locked():
+        return _busy(ctx)
+    async with ctx.streams:
+        try:
+            conn = await psycopg.AsyncConnection.connect(ctx.conninfo)
+        except psycopg.OperationalError:
+            log.exception("export: cannot connect to the database")
+            return error(503, "unavailable", "the database is unreachable; try again shortly", **{"Retry-After": "5"})
+        headers = {
+            "Content-Type": fmt.content_type,
+            "Content-Disposition": f'attachment; filename="{_filename(tenant, fmt)}"',
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+        }
+        if notice:
+            headers["X-Otaudit-Since-Clamped"] = notice
+        response = web.StreamResponse(headers=headers)
+        response.enable_chunked_encoding()
+        rows = 0
+
+        async def progress(count: int) -> None:
+            nonlocal rows
+            rows = count
+
+        access = access_of(request)
+
+        async def failed(reason: str) -> None:
+            await asyncio.shield(audit_export(ctx.audit, access, fmt, params, rows, "failure", reason, job_id=None))
+
+        async with conn:
+            try:
+                await response.prepare(request)
+                rows = await store.stream_export(conn, fmt, bom, where, where_params, response.write, progress)
+            except (ConnectionError, asyncio.CancelledError) as exc:
+                await failed(f"the client went away during the export ({type(exc).__name__})")
+                raise
+            except psycopg.Error as exc:
+                log.error("export failed after the response began; the download is cut short", extra={"error": str(exc)})
+                await failed(f"the database failed during the export: {exc}")
+                raise
+        # Recorded before the response ends: whoever has the whole file can already see the export in the trail.
+        await audit_export(ctx.audit, access, fmt, params, rows, "success", None, job_id=None)
+        await response.write_eof()
+        return response
+
+
+def _flag(text: str | None, name: str) -> bool:
+    if text is None or text in ("", "0", "false", "no"):
+        return False
+    if text in ("1", "true", "yes"):
+        return True
+    raise BadFilter(name, f"'{text}' is not true or false")
+
+
+async def audit_export(
+    audit: SelfAudit,
+    access: Access,
+    fmt: Format,
+    params: dict[str, list[str]],
+    rows: int,
+    outcome: str,
+    reason: str | None,
+    *,
+    job_id: str | None,
+) -> None:
+    filters = {k: (v[0] if len(v) == 1 else v) for k, v in params.items() if k != "q"}
+    details: dict[str, Any] = {"format": fmt.name, "filters": filters, "row_count": rows}
+    if params.get("q"):
+        details["query"] = " ".join(params["q"])
+    if job_id:
+        details["job_id"] = job_id
+    try:
+        await audit.record(
+            event="exportView",
+            category="data_extraction",
+            access=access,
+            outcome=outcome,
+            target={"type": "view", "id": "audit-trail", "name": "otaudit audit trail"},
+            details=details,
+            reason=reason,
+            message=f"exported {rows} audit events as {fmt.name}",
+        )
+    except Exception:
+        log.exception("could not record the export in the audit trail")
+
+
+# -- jobs ------------------------------------------------------------------------------
+
+
+def _iso(when: dt.datetime | None) -> str | None:
+    return None if when is None else when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def job_view(ctx: ExportContext, job: dict[str, Any], now: float) -> dict[str, Any]:
+    state = job["state"]
+    total = job["total"]
+    progress = None
+    if state == "done":
+        progress = 1.0
+    elif total is not None:
+        progress = round(job["rows"] / total, 4) if total else 1.0
+    url = expires = None
+    if state == "done" and job["finished_at"] is not None:
+        until = min(now + ctx.url_ttl_seconds, (job["finished_at"] + ctx.keep).timestamp())
+        if until > now:
+            expires = int(until)
+            url = sign_download(ctx.signing_key, job["id"], expires)
+    return {
+        "id": job["id"],
+        "state": state,
+        "format": job["format"],
+        "rows": job["rows"],
+        "total": total,
+        "progress": progress,
+        "bytes": job["bytes"],
+        "created_at": _iso(job["created_at"]),
+        "finished_at": _iso(job["finished_at"]),
+        "error": job["error"],
+        "download_url": url,
+        "expires_at": _iso(dt.datetime.fromtimestamp(expires, dt.UTC)) if expires else None,
+    }
+
+
+async def _create_job(request: web.Request) -> web.Response:
+    refused = _require_admin(request)
+    if refused is not None:
+        return refused
+    ctx = request.app[EXPORTS]
+    try:
+        body = await request.json(loads=json.loads)
+    except (ValueError, LookupError):  # not JSON, not UTF-8, or an unknown charset
+        raise BadFilter("body", 'is not JSON; send a JSON object such as {"format": "csv"}') from None
+    fmt, bom, params = filters_from_body(body)
+    for values in params.values():
+        if any("\x00" in v for v in values):
+            raise BadFilter("body", "contains a NUL character")
+    categories, effective, notice = _resolve(request, params)
+    principal = principal_of(request)
+    async with request.app[READS].pool.connection() as conn:
+        job = await store.create_job(
+            conn,
+            tenant=principal.tenant,
+            token_id=principal.token_id,
+            fmt=fmt,
+            bom=bom,
+            filters=effective,
+            categories=categories,
+            client={k: v for k, v in (("address", request.remote), ("user_agent", request.headers.get("User-Agent"))) if v},
+        )
+    ctx.wake.set()
+    answer = job_view(ctx, job, time.time())
+    if notice:
+        answer["since_clamped"] = notice
+    return web.json_response(answer, status=202, headers={"Location": f"/v1/exports/{job['id']}"})
+
+
+async def _job(request: web.Request) -> web.Response:
+    ctx = request.app[EXPORTS]
+    principal = principal_of(request)
+    async with request.app[READS].pool.connection() as conn:
+        job = await store.get_job(conn, principal.tenant, request.match_info["id"])
+    if job is None:
+        return error(404, "not_found", f"no export job {request.match_info['id']!r} in this tenant")
+    return web.json_response(job_view(ctx, job, time.time()))
+
+
+async def _download(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[EXPORTS]
+    job_id = request.match_info["id"]
+    problem = check_download(
+        ctx.signing_key, job_id, request.query.get("expires", ""), request.query.get("signature", ""), time.time()
+    )
+    if problem == "bad_signature":
+        return error(
+            403, "bad_signature", "this download URL is not one otaudit signed; ask GET /v1/exports/{id} for a fresh one"
+        )
+    if problem == "expired":
+        return error(410, "expired", "this download URL has expired; ask GET /v1/exports/{id} for a fresh one")
+    if ctx.streams.locked():
+        return _busy(ctx)
+    async with ctx.streams, await psycopg.AsyncConnection.connect(ctx.conninfo, autocommit=True) as conn:
+        cur = await conn.execute("SELECT tenant, format, state, bytes FROM export_jobs WHERE id = %s", (job_id,))
+        row = await cur.fetchone()
+        if row is None:
+            return error(404, "not_found", "the export job no longer exists (finished jobs are kept for a limited time)")
+        tenant, format_name, state, size = row
+        if state != "done":
+            return error(409, "not_ready", f"the export job is {state}, not done")
+        fmt = FORMATS[format_name]
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": fmt.content_type,
+                "Content-Disposition": f'attachment; filename="{_filename(tenant, fmt)}"',
+                "Content-Length": str(size),
+                "Cache-Control": "no-store",
+                "X-Content-Type-Options": "nosniff",
+            }
+        )
+        await response.prepare(request)
+        async for chunk in store.read_file(conn, job_id):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+
+# -- the runner ------------------------------------------------------------------------
+
+
+class ExportRunner:
+    """Runs export jobs, one at a time, on whichever replica claims them first."""
+
+    def __init__(self, ctx: ExportContext, *, owner: str, lease_seconds: float = 30.0, poll_seconds: float = 1.0) -> None:
+        self.ctx = ctx
+        self.owner = owner
+        self.lease_seconds = lease_seconds
+        self.poll_seconds = poll_seconds
+        self._last_cleanup = 0.0
+
+    async def run(self) -> None:
+        while True:
+            try:
+                worked = await self.run_once()
+            except psycopg.OperationalError as exc:
+                log.warning("export jobs: the database is unreachable; trying again", extra={"error": str(exc)})
+                worked = False
+            except Exception:
+                log.exception("export jobs: unexpected error; going on")
+                worked = False
+            if not worked:
+                self.ctx.wake.clear()
+                try:
+                    await asyncio.wait_for(self.ctx.wake.wait(), self.poll_seconds)
+                except TimeoutError:
+                    pass
+
+    async def run_once(self) -> bool:
+        """Claim and run one job; False when there was none."""
+        async with await psycopg.AsyncConnection.connect(self.ctx.conninfo, autocommit=True) as conn:
+            if time.monotonic() - self._last_cleanup > 300:
+                self._last_cleanup = time.monotonic()
+                gone = await store.delete_expired(conn, self.ctx.keep)
+                if gone:
+                    log.info("export jobs: deleted %d finished jobs past their keeping time", gone)
+            job = await store.claim_job(conn, self.owner, self.lease_seconds)
+            if job is None:
+                return False
+            principal = await _principal(conn, job["token_id"], job["tenant"])
+            if job["attempts"] > store.MAX_ATTEMPTS:
+                message = f"gave up after {store.MAX_ATTEMPTS} attempts: the collector running it stopped each time"
+                await store.fail_job(conn, job["id"], message)
+                await self._audit(job, principal, 0, "failure", message)
+                return True
+        log.info("export job %s: running (attempt %d)", job["id"], job["attempts"])
+        try:
+            rows = await store.run_job(self.ctx.conninfo, job, self.owner, self.lease_seconds)
+        except store.LeaseLost:
+            log.warning("export job %s: another collector took it over", job["id"])
+            return True
+        except psycopg.OperationalError:
+            raise  # the lease runs out and the job is tried again
+        except Exception as exc:
+            log.exception("export job %s failed", job["id"])
+            await self._audit(job, principal, 0, "failure", f"{type(exc).__name__}: {exc}")
+            return True
+        log.info("export job %s: done, %d rows", job["id"], rows)
+        await self._audit(job, principal, rows, "success", None)
+        return True
+
+    async def _audit(self, job: dict[str, Any], principal: Principal, rows: int, outcome: str, reason: str | None) -> None:
+        client = job["client"] or {}
+        access = Access(principal, client.get("address"), client.get("user_agent"))
+        params = {k: v for k, v in job["filters"].items() if v}
+        await audit_export(self.ctx.audit, access, FORMATS[job["format"]], params, rows, outcome, reason, job_id=job["id"])
+
+
+async def _principal(conn: psycopg.AsyncConnection[Any], token_id: str, tenant: str) -> Principal:
+    cur = await conn.execute("SELECT role, name FROM tokens WHERE id = %s", (token_id,))
+    row = await cur.fetchone()
+    role, name = (row[0], row[1]) if row else ("admin", token_id)
+    return Principal(token_id, tenant, role, name)

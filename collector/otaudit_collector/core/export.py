@@ -1,0 +1,163 @@
+"""Exports: the formats, the CSV columns, the COPY statement that writes them, and the
+signed download URLs of export jobs.
+
+Pure. The flattening and the formula neutralizing happen inside PostgreSQL (the
+``otaudit_csv_*`` functions of migration 0003), so an export is one ``COPY (SELECT ...)
+TO STDOUT`` whose rows pass through Python untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from otaudit_collector.core.query import DOCUMENT_SQL, BadFilter
+
+__all__ = [
+    "Format",
+    "FORMATS",
+    "CSV_COLUMNS",
+    "FILTER_PARAMETERS",
+    "format_named",
+    "copy_sql",
+    "csv_header",
+    "filters_from_body",
+    "signing_key",
+    "sign_download",
+    "check_download",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Format:
+    name: str
+    content_type: str
+    extension: str
+
+
+FORMATS = {
+    "csv": Format("csv", "text/csv; charset=utf-8", "csv"),
+    "ndjson": Format("ndjson", "application/x-ndjson", "ndjson"),
+    "json": Format("json", "application/json", "json"),
+}
+
+FILTER_PARAMETERS = ("category", "event", "actor", "target_type", "target_id", "outcome", "since", "until", "q")
+"""The filters an export takes: those of GET /v1/events without limit and cursor."""
+
+
+def _cell(expr: str) -> str:
+    return f"otaudit_csv_cell({expr})"
+
+
+# (header, SQL expression). Text cells go through otaudit_csv_cell; numbers and times cannot start a formula.
+CSV_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("occurred_at", "doc->>'occurred_at'"),
+    ("received_at", "to_char(received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"),
+    ("seq", "seq"),
+    ("id", _cell("id")),
+    ("tenant", _cell("tenant")),
+    ("category", _cell("category")),
+    ("event", _cell("event")),
+    ("outcome", _cell("outcome")),
+    ("actor_type", _cell("actor_type")),
+    ("actor_id", _cell("actor_id")),
+    ("actor_email", _cell("actor_email")),
+    ("actor_name", _cell("doc#>>'{actor,name}'")),
+    ("actor_roles", _cell("array_to_string(ARRAY(SELECT jsonb_array_elements_text(doc#>'{actor,roles}')), ', ')")),
+    ("client_address", _cell("doc#>>'{client,address}'")),
+    ("user_agent", _cell("doc#>>'{client,user_agent}'")),
+    ("session_id", _cell("doc#>>'{client,session_id}'")),
+    ("target_type", _cell("target_type")),
+    ("target_id", _cell("target_id")),
+    ("target_name", _cell("doc#>>'{target,name}'")),
+    ("changes", _cell("otaudit_csv_changes(doc->'changes')")),
+    ("details", _cell("(doc->'details')::text")),
+    ("reason", _cell("doc->>'reason'")),
+    ("message", _cell("doc->>'message'")),
+    ("source_service", _cell("doc#>>'{source,service}'")),
+    ("source_instance", _cell("doc#>>'{source,instance}'")),
+    ("source_sequence", "doc#>>'{source,sequence}'"),
+    ("trace_id", "doc#>>'{trace,trace_id}'"),
+    ("span_id", "doc#>>'{trace,span_id}'"),
+)
+
+# JSON text holds no raw control characters (jsonb escapes them), so CSV mode with
+# delimiter and quote set to two control characters writes each document verbatim:
+# COPY's text mode would double every backslash.
+_VERBATIM = "FORMAT csv, DELIMITER E'\\x01', QUOTE E'\\x02'"
+
+
+def format_named(name: str | None) -> Format:
+    if not name:
+        raise BadFilter("format", f"give one of {', '.join(FORMATS)}")
+    found = FORMATS.get(name)
+    if found is None:
+        raise BadFilter("format", f"'{name}' is not one of {', '.join(FORMATS)}")
+    return found
+
+
+def copy_sql(fmt: Format, where: str) -> str:
+    """The COPY statement streaming the matching events, oldest first, one COPY row per event."""
+    # Qualified: the JSON document's "occurred_at" output column would otherwise shadow the
+    # table's, and PostgreSQL would sort by text instead of walking the time index.
+    order = "ORDER BY events.occurred_at, events.seq"
+    if fmt.name == "csv":
+        columns = ", ".join(f"{expr} AS {name}" for name, expr in CSV_COLUMNS)
+        return f"COPY (SELECT {columns} FROM events WHERE {where} {order}) TO STDOUT WITH (FORMAT csv)"
+    return f"COPY (SELECT {DOCUMENT_SQL} FROM events WHERE {where} {order}) TO STDOUT WITH ({_VERBATIM})"
+
+
+def csv_header(bom: bool) -> bytes:
+    return ("\ufeff" if bom else "").encode() + (
+        ",".join(name for name, _ in CSV_COLUMNS) + "\n"
+    ).encode()  # LF, as COPY ends its rows
+
+
+def filters_from_body(body: Any) -> tuple[Format, bool, dict[str, list[str]]]:
+    """The format, the BOM choice and the filters (as query parameters) of a POST /v1/exports body."""
+    if not isinstance(body, Mapping):
+        raise BadFilter("body", 'send a JSON object such as {"format": "csv", "category": ["site_access"]}')
+    params: dict[str, list[str]] = {}
+    for key, value in body.items():
+        if key in ("format", "bom"):
+            continue
+        if key not in FILTER_PARAMETERS:
+            raise BadFilter(key, f"unknown field; an export takes format, bom and the filters {', '.join(FILTER_PARAMETERS)}")
+        values = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, str) for v in values):
+            raise BadFilter(key, "must be a string or a list of strings")
+        params[key] = list(values)
+    bom = body.get("bom", False)
+    if not isinstance(bom, bool):
+        raise BadFilter("bom", "must be true or false")
+    fmt = body.get("format")
+    return format_named(fmt if isinstance(fmt, str) else None), bom, params
+
+
+def _signature(key: bytes, job_id: str, expires: int) -> str:
+    return hmac.new(key, f"otaudit-export:{job_id}:{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def signing_key(stored: bytes, pepper: str) -> bytes:
+    """The key of download signatures: the random key stored in the database (every replica
+    shares it) mixed with the configured pepper, so neither alone can sign."""
+    return hmac.new(stored, b"otaudit export download urls\x00" + pepper.encode(), hashlib.sha256).digest()
+
+
+def sign_download(key: bytes, job_id: str, expires: int) -> str:
+    """The path and query of a job's download URL, valid until ``expires`` (Unix seconds)."""
+    return f"/v1/exports/{job_id}/download?expires={expires}&signature={_signature(key, job_id, expires)}"
+
+
+def check_download(key: bytes, job_id: str, expires: str, signature: str, now: float) -> str | None:
+    """None when the URL is genuine and current; otherwise 'bad_signature' or 'expired'."""
+    try:
+        when = int(expires)
+    except ValueError:
+        return "bad_signature"
+    if not hmac.compare_digest(_signature(key, job_id, when).encode(), signature.encode()):
+        return "bad_signature"
+    return "expired" if when < now else None
