@@ -213,6 +213,8 @@ def test_shared_deployment_example_is_a_shared_deployment() -> None:
     assert url.startswith("postgresql://") and ":" not in url.split("://", 1)[1].split("@", 1)[0], "no password in the file"
     assert "OTAUDIT_DATABASE_URL" in path.read_text(encoding="utf-8")
     assert settings.get("catalogs", "dirs")
+    assert settings.get("auth", "require_ingest_token") is True, "many services share it: each writes only its tenant"
+    assert settings.get("auth", "token_pepper") is None, "the pepper comes from a Secret"
     # The password comes from the environment, which wins over the file.
     secret = "postgresql://otaudit:s3cret@db.internal:5432/otaudit"
     assert load_settings(path, environ={"OTAUDIT_DATABASE_URL": secret}).get("database", "url") == secret

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +19,22 @@ import psycopg
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
+from otaudit_collector.api.export import ExportContext, ExportRunner, add_export_routes
 from otaudit_collector.api.health import create_api_app
+from otaudit_collector.api.openapi import add_openapi_route
 from otaudit_collector.api.reads import ReadContext, add_read_routes
+from otaudit_collector.api.web import add_web_routes
 from otaudit_collector.config import Settings
 from otaudit_collector.core.catalog import CatalogError, CatalogSet, bundled_catalog_dirs, catalog_fingerprint, load_catalogs
+from otaudit_collector.core.export import signing_key
 from otaudit_collector.core.normalize import Policy
 from otaudit_collector.core.plans import plans_from
 from otaudit_collector.pipeline import Ingestor
+from otaudit_collector.receivers.auth import IngestAuth
 from otaudit_collector.receivers.otlp_grpc import create_grpc_server
 from otaudit_collector.receivers.otlp_http import create_http_app
+from otaudit_collector.selfaudit import SelfAudit, Sessions
+from otaudit_collector.storage.retention import run_retention
 from otaudit_collector.storage.writer import Writer
 
 __all__ = ["Collector", "Endpoints", "catalog_dirs", "policy_from", "ensure_partitions"]
@@ -109,6 +118,13 @@ class Collector:
             max_concurrent_requests=ingest["max_concurrent_requests"],
             retry_after_seconds=ingest["retry_after_seconds"],
         )
+        self.ingest_auth = IngestAuth(
+            conninfo,
+            pepper=settings.token_pepper,
+            required=bool(settings.get("auth", "require_ingest_token")),
+            cache_seconds=float(settings.get("auth", "token_cache_seconds")),
+            retry_after_seconds=ingest["retry_after_seconds"],
+        )
         self._grpc: grpc.aio.Server | None = None
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -116,6 +132,7 @@ class Collector:
         self._stopped = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._pool: AsyncConnectionPool[Any] | None = None
+        self._retention_stop = threading.Event()  # ends a retention run after its batch in progress
 
     # -- readiness -------------------------------------------------------------------
 
@@ -135,11 +152,13 @@ class Collector:
         host = listen["host"]
         api_host = listen["api_host"] or host
         await self.writer.start()
+        await self.ingest_auth.start()
 
         self._grpc = create_grpc_server(
             self.ingestor,
             max_request_bytes=ingest["max_request_bytes"],
             max_concurrent_requests=ingest["max_concurrent_requests"],
+            auth=self.ingest_auth,
         )
         address = f"[{host}]:{listen['grpc_port']}" if ":" in host else f"{host}:{listen['grpc_port']}"
         try:
@@ -151,11 +170,16 @@ class Collector:
         await self._grpc.start()
 
         http_port = await self._serve(
-            create_http_app(self.ingestor, max_request_bytes=ingest["max_request_bytes"]), host, listen["http_port"]
+            create_http_app(self.ingestor, max_request_bytes=ingest["max_request_bytes"], auth=self.ingest_auth),
+            host,
+            listen["http_port"],
         )
-        self._pool = AsyncConnectionPool(self.conninfo, min_size=1, max_size=4, open=False, name="otaudit-api")
+        self._pool = AsyncConnectionPool(
+            self.conninfo, min_size=1, max_size=4, open=False, name="otaudit-api", kwargs={"autocommit": True}
+        )
         await self._pool.open()
         api = create_api_app(self.not_ready)
+        audit = SelfAudit(self.ingestor)
         add_read_routes(
             api,
             ReadContext(
@@ -164,14 +188,48 @@ class Collector:
                 default_plan=self.settings.raw["default_plan"],
                 pepper=self.settings.token_pepper,
                 catalogs=lambda: self.catalogs,
+                sessions=Sessions(audit, float(self.settings.get("auth", "session_idle_minutes"))),
             ),
         )
+        add_openapi_route(api)
+        add_web_routes(api)
+        exports = await self._exports(audit)
+        add_export_routes(api, exports)
         api_port = await self._serve(api, api_host, listen["api_port"])
         interval = float(self.settings.get("catalogs", "reload_interval_seconds"))
         if interval > 0:
             self._tasks.append(asyncio.create_task(self._watch_catalogs(interval), name="otaudit-catalog-watch"))
         self._tasks.append(asyncio.create_task(self._maintain_partitions(), name="otaudit-partitions"))
+        if self.settings.get("retention", "enabled"):
+            self._tasks.append(asyncio.create_task(self._apply_retention(), name="otaudit-retention"))
+        self._tasks.append(asyncio.create_task(self._export_runner(exports).run(), name="otaudit-exports"))
         return Endpoints((host, grpc_port), (host, http_port), (api_host, api_port))
+
+    async def _exports(self, audit: SelfAudit) -> ExportContext:
+        config = self.settings.get("exports")
+        assert self._pool is not None
+        async with self._pool.connection() as conn:
+            cur = await conn.execute("SELECT secret FROM server_keys WHERE name = 'export_downloads'")
+            row = await cur.fetchone()
+        if row is None:
+            raise RuntimeError("the database has no export signing key: run 'otaudit migrate'")
+        return ExportContext(
+            conninfo=self.conninfo,
+            signing_key=signing_key(bytes(row[0]), self.settings.token_pepper),
+            audit=audit,
+            max_streams=int(config["max_streams"]),
+            url_ttl_seconds=int(config["url_ttl_seconds"]),
+            keep=timedelta(hours=float(config["keep_hours"])),
+        )
+
+    def _export_runner(self, ctx: ExportContext) -> ExportRunner:
+        config = self.settings.get("exports")
+        return ExportRunner(
+            ctx,
+            owner=f"{socket.gethostname()}-{os.getpid()}-{id(self):x}",
+            lease_seconds=float(config["lease_seconds"]),
+            poll_seconds=float(config["poll_seconds"]),
+        )
 
     async def _serve(self, app: web.Application, host: str, port: int) -> int:
         sock = _bind(host, port)
@@ -193,6 +251,7 @@ class Collector:
             await self._stopped.wait()
             return
         self._stopping = True
+        self._retention_stop.set()
         for task in self._tasks:
             task.cancel()
         receivers = []
@@ -201,6 +260,7 @@ class Collector:
         receivers.extend(runner.cleanup() for runner in self._runners[:-1])  # OTLP/HTTP; the API goes last
         await asyncio.gather(*receivers, return_exceptions=True)
         self.ingestor.close()
+        await self.ingest_auth.close()
         await self.writer.close()
         for runner in self._runners[-1:]:
             await runner.cleanup()
@@ -253,6 +313,20 @@ class Collector:
             except psycopg.Error as exc:
                 log.warning("could not create partitions ahead; will try again in an hour", extra={"error": str(exc)})
 
+    async def _apply_retention(self) -> None:
+        """Retention every ``retention.interval_seconds`` (the first a minute after start), in a
+        thread; one collector at a time does it. A failure is logged and tried again next time."""
+        interval = float(self.settings.get("retention", "interval_seconds"))
+        await asyncio.sleep(min(60.0, interval))
+        while True:
+            try:
+                await asyncio.to_thread(
+                    run_retention, self.conninfo, self.settings, trigger="schedule", stop=self._retention_stop
+                )
+            except Exception as exc:  # noqa: BLE001 - retention must never stop the collector
+                log.error("retention run failed; will try again next interval", extra={"error": str(exc)})
+            await asyncio.sleep(interval)
+
 
 def describe(endpoints: Endpoints, database: str, catalogs: CatalogSet) -> Sequence[str]:
     """The lines ``otaudit serve`` prints: where it listens and what it loaded."""
@@ -266,7 +340,7 @@ def describe(endpoints: Endpoints, database: str, catalogs: CatalogSet) -> Seque
         "otaudit collector is ready",
         f"  OTLP/gRPC   {addr(endpoints.grpc)}",
         f"  OTLP/HTTP   http://{addr(endpoints.http)}/v1/logs",
-        f"  API         http://{addr(endpoints.api)}  (/healthz, /readyz)",
+        f"  API         http://{addr(endpoints.api)}  (web page /ui/, /v1/..., /openapi.json, /healthz, /readyz)",
         f"  database    {database}",
         f"  catalogs    {len(catalogs.categories)} categories, {events} events",
         "Send events with any OTLP exporter; stop with Ctrl-C (or SIGTERM).",

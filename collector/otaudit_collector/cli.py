@@ -16,6 +16,7 @@ import psycopg
 from otaudit_collector import __version__
 from otaudit_collector.config import ConfigError, Settings, load_settings
 from otaudit_collector.core.catalog import CatalogError, Problem, lint_catalogs, load_catalogs
+from otaudit_collector.core.query import BadFilter
 from otaudit_collector.logs import setup_logging
 
 __all__ = ["main", "build_parser"]
@@ -84,6 +85,34 @@ def build_parser() -> argparse.ArgumentParser:
     tokens.add_argument("--json", action="store_true", help="one JSON object per line")
     revoke = with_config(token.add_parser("revoke", help="revoke a token"))
     revoke.add_argument("id", metavar="ID", help="the token's id, as 'token list' shows it")
+
+    export = with_config(
+        commands.add_parser(
+            "export",
+            help="write a tenant's trail to a file, with a progress bar",
+            description="Through the API with a token (--url, OTAUDIT_TOKEN): the token's tenant and plan apply."
+            " Straight from the database with --tenant (operators): every category; recorded in the tenant's trail.",
+        )
+    )
+    source = export.add_mutually_exclusive_group(required=True)
+    source.add_argument("--url", help="the collector's API, e.g. http://otaudit:4320 (token from OTAUDIT_TOKEN)")
+    source.add_argument("--tenant", help="export this tenant straight from the database")
+    export.add_argument("--format", choices=["csv", "ndjson", "json"], default="csv", help="default csv")
+    export.add_argument("--bom", action="store_true", help="start a CSV with a UTF-8 BOM (for spreadsheets)")
+    export.add_argument("--output", "-o", metavar="FILE", help="where to write ('-' for standard output)")
+    for name in ("category", "event", "actor", "target-type", "target-id", "outcome"):
+        export.add_argument(f"--{name}", action="append", metavar="VALUE", help="filter; repeatable")
+    export.add_argument("--since", help="RFC 3339 time or Unix seconds")
+    export.add_argument("--until", help="RFC 3339 time or Unix seconds")
+    export.add_argument("-q", action="append", metavar="PHRASE", help="a search phrase, as the API's q")
+    export.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    retention = commands.add_parser("retention", help="delete what the tenants' plans no longer keep").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    retention_run = with_config(retention.add_parser("run", help="apply retention once and report what was deleted"))
+    retention_run.add_argument("--dry-run", action="store_true", help="report what would be deleted, change nothing")
+    retention_run.add_argument("--json", action="store_true", help="print the report as one JSON object")
     return parser
 
 
@@ -123,6 +152,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return rejects.replay_command(settings, ids=args.ids, dry_run=args.dry_run)
         if args.command in ("tenant", "token"):
             return _admin(args)
+        if args.command == "retention":
+            return _retention(args)
+        if args.command == "export":
+            return _export(args)
+    except BadFilter as exc:
+        print(f"otaudit: {exc}", file=sys.stderr)
+        return 2
     except ConfigError as exc:
         print(f"otaudit: {exc}", file=sys.stderr)
         return 2
@@ -193,6 +229,54 @@ def _admin(args: argparse.Namespace) -> int:
     if args.action == "list":
         return admin.token_list_command(settings, tenant=args.tenant, include_revoked=args.all, as_json=args.json)
     return admin.token_revoke_command(settings, args.id)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from otaudit_collector.core.export import format_named
+    from otaudit_collector.export_command import Progress, export_from_database, export_via_api, filters_from_args
+
+    fmt = format_named(args.format)
+    filters = filters_from_args(args)
+    progress = Progress(sys.stderr, "events", enabled=not args.no_progress)
+    if args.url:
+        token = os.environ.get("OTAUDIT_TOKEN", "")
+        if not token:
+            print("otaudit: set OTAUDIT_TOKEN to an admin token of the tenant to export", file=sys.stderr)
+            return 2
+        return export_via_api(args.url, token, fmt, args.bom, filters, args.output, progress)
+    from otaudit_collector.storage.database import open_database
+    from otaudit_collector.storage.migrate import apply_migrations
+
+    settings = _settings(args)
+    database = open_database(settings)
+    try:
+        apply_migrations(database.conninfo)
+        return export_from_database(settings, database.conninfo, args.tenant, fmt, args.bom, filters, args.output, progress)
+    finally:
+        database.close()
+
+
+def _retention(args: argparse.Namespace) -> int:
+    import json
+
+    from otaudit_collector.storage.database import open_database
+    from otaudit_collector.storage.migrate import apply_migrations
+    from otaudit_collector.storage.retention import run_retention
+
+    settings = _settings(args)
+    database = open_database(settings)
+    try:
+        apply_migrations(database.conninfo)
+        report = run_retention(database.conninfo, settings, dry_run=args.dry_run, trigger="command")
+    except psycopg.OperationalError:
+        raise
+    except psycopg.Error as exc:
+        print(f"otaudit: retention failed: {str(exc).strip()}", file=sys.stderr)
+        return 1
+    finally:
+        database.close()
+    print(json.dumps(report.as_json()) if args.json else "\n".join(report.lines()))
+    return 0
 
 
 def _migrate(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,18 @@ from otaudit_collector._resources import bundled_dir
 
 __all__ = ["ConfigError", "Settings", "load_settings", "ENVIRONMENT", "default_config_path"]
 
-ENVIRONMENT: dict[str, tuple[tuple[str, ...], type]] = {
+
+def _boolean(text: str) -> bool:
+    """An environment variable's yes or no: true/false, 1/0, yes/no, on/off (any case)."""
+    value = text.lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+ENVIRONMENT: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "OTAUDIT_HOST": (("listen", "host"), str),
     "OTAUDIT_GRPC_PORT": (("listen", "grpc_port"), int),
     "OTAUDIT_HTTP_PORT": (("listen", "http_port"), int),
@@ -31,6 +42,7 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], type]] = {
     "OTAUDIT_DATA_DIR": (("database", "data_dir"), str),
     "OTAUDIT_LOG_LEVEL": (("logging", "level"), str),
     "OTAUDIT_TOKEN_PEPPER": (("auth", "token_pepper"), str),
+    "OTAUDIT_REQUIRE_INGEST_TOKEN": (("auth", "require_ingest_token"), _boolean),
 }
 """Environment variables and the configuration key each sets (OTAUDIT_CONFIG names the file)."""
 
@@ -216,7 +228,8 @@ def load_settings(
             try:
                 _set(doc, key, kind(raw.strip()))
             except ValueError:
-                problems.append(f"{name}: {raw!r} is not {'an integer' if kind is int else 'valid'}")
+                said = {int: "an integer", _boolean: "true or false"}.get(kind, "valid")
+                problems.append(f"{name}: {raw!r} is not {said}")
             else:
                 origins[".".join(key)] = name
     for key, value in (overrides or {}).items():
