@@ -74,6 +74,8 @@ def db(pg_server: str, template_db: str) -> Iterator[str]:
 
 @pytest.fixture
 def collector(db: str) -> Iterator[RunningCollector]:
-    running = RunningCollector(settings_for(db))
+    # No token cache: these tests change a plan or revoke a token and read again at once.
+    # The cache itself is tested in test_access.py and test_api_reads.py.
+    running = RunningCollector(settings_for(db, {("auth", "token_cache_seconds"): 0}))
     yield running
     running.stop()

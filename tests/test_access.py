@@ -11,7 +11,7 @@ import pytest
 from pgcontrol import free_port
 from support import CollectorProcess, RunningCollector, good_attributes, otaudit, record, request, rows, wait_until
 
-from otaudit_collector.core.tokens import new_token, parse_token, secret_hash, secret_matches
+from otaudit_collector.core.tokens import Principal, TokenCache, new_token, parse_token, secret_hash, secret_matches
 from otaudit_collector.storage import access
 
 PEPPER = "a-pepper-of-16-characters-at-least"
@@ -27,6 +27,39 @@ def test_token_text_parses_and_hashes_under_its_pepper() -> None:
     assert not secret_matches(secret, "another-pepper-entirely", stored)
     assert not secret_matches(secret[:-1] + "x", PEPPER, stored)
     assert new_token()[2] != text
+
+
+def test_the_token_cache_remembers_for_its_time_keyed_by_hash() -> None:
+    now = [100.0]
+    cache = TokenCache(PEPPER, 10, lambda: now[0])
+    text = new_token()[2]
+    key = cache.key(text)
+    assert key == secret_hash(text, PEPPER) and text.encode() not in key, "keyed by the HMAC, never the token"
+    assert cache.get(key) == (False, None)
+    who = Principal("0123456789ab", "acme", "admin", "ann")
+    cache.put(key, who)
+    assert cache.get(key) == (True, who)
+    now[0] += 9.9
+    assert cache.get(key) == (True, who)
+    now[0] += 0.1
+    assert cache.get(key) == (False, None), "expired: looked up again, so a revocation takes effect"
+    wrong = cache.key("otaudit_000000000000_" + "x" * 43)
+    cache.put(wrong, None)
+    assert cache.get(wrong) == (True, None), "an unknown token is remembered as unknown"
+    off = TokenCache(PEPPER, 0, lambda: now[0])
+    off.put(key, who)
+    assert off.get(key) == (False, None), "0 remembers nothing"
+
+
+def test_a_full_token_cache_keeps_the_valid_tokens() -> None:
+    now = [0.0]
+    cache = TokenCache(PEPPER, 60, lambda: now[0])
+    who = Principal("0123456789ab", "acme", "auditor", "ann")
+    cache.put(b"valid", who)
+    for i in range(TokenCache.MAX_ENTRIES):  # a flood of wrong tokens
+        cache.put(f"wrong-{i}".encode(), None)
+    assert cache.get(b"valid") == (True, who)
+    assert sum(cache.get(f"wrong-{i}".encode())[0] for i in range(TokenCache.MAX_ENTRIES)) < TokenCache.MAX_ENTRIES
 
 
 def cli(db: str, *args: str, pepper: str = PEPPER) -> tuple[int, str, str]:

@@ -14,7 +14,7 @@ import grpc
 import psycopg
 import pytest
 import requests
-from support import REPO, RunningCollector, record, request
+from support import REPO, RunningCollector, record, request, settings_for, wait_until
 
 from otaudit_collector.storage import access
 
@@ -109,6 +109,27 @@ def trail(collector: RunningCollector) -> Iterator[dict[str, Any]]:
         "collector": collector,
         "api": Api(collector.api_url, token(collector.conninfo, "acme")),
     }
+
+
+def test_a_checked_token_is_trusted_for_token_cache_seconds(db: str) -> None:
+    """Reads look a token up once per auth.token_cache_seconds: a revocation or a plan
+    change takes effect within that time, not necessarily at once."""
+    for seconds in (3600, 0.5):
+        set_plan(db, "acme", "basic")
+        running = RunningCollector(settings_for(db, {("auth", "token_cache_seconds"): seconds}))
+        try:
+            text = token(db, "acme")
+            api = Api(running.api_url, text)
+            assert api.ok("/v1/whoami")["plan"] == "basic"
+            set_plan(db, "acme", "pro")
+            with psycopg.connect(db) as conn:
+                assert access.revoke_token(conn, text)
+            if seconds == 3600:
+                assert api.ok("/v1/whoami")["plan"] == "basic", "served from the cache, not looked up"
+            else:
+                wait_until(lambda api=api: api.get("/v1/whoami").status_code == 401, what="the revocation to take effect")
+        finally:
+            running.stop()
 
 
 def test_every_read_route_needs_a_token_that_may_read(trail: dict[str, Any]) -> None:

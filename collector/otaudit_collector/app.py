@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,6 +30,7 @@ from otaudit_collector.core.catalog import CatalogError, CatalogSet, bundled_cat
 from otaudit_collector.core.export import signing_key
 from otaudit_collector.core.normalize import Policy
 from otaudit_collector.core.plans import plans_from
+from otaudit_collector.core.tokens import TokenCache
 from otaudit_collector.pipeline import Ingestor
 from otaudit_collector.receivers.auth import IngestAuth
 from otaudit_collector.receivers.otlp_grpc import create_grpc_server
@@ -189,6 +191,9 @@ class Collector:
                 pepper=self.settings.token_pepper,
                 catalogs=lambda: self.catalogs,
                 sessions=Sessions(audit, float(self.settings.get("auth", "session_idle_minutes"))),
+                tokens=TokenCache(
+                    self.settings.token_pepper, float(self.settings.get("auth", "token_cache_seconds")), time.monotonic
+                ),
             ),
         )
         add_openapi_route(api)

@@ -208,7 +208,7 @@ def _serve(args: argparse.Namespace) -> int:
                 print(f"No admin token existed: this one is for tenant '{bootstrap[0]}' (shown once; keep it now):")
                 print(bootstrap[1])
             print("\n".join(describe(endpoints, database.description, catalogs)), flush=True)
-            await collector.run_until_signalled(float(settings.get("ingest", "commit_timeout_seconds")))
+            await collector.run_until_signalled(float(settings.get("shutdown", "grace_seconds")))
 
         asyncio.run(run())
     finally:

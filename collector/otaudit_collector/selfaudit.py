@@ -149,12 +149,16 @@ class Sessions:
         self._recheck = recheck_seconds
         self._seen: dict[str, float] = {}
 
+    def due(self, token_id: str) -> bool:
+        """Whether this replica should look at the token's session again (no database needed to say no)."""
+        last = self._seen.get(token_id)
+        return last is None or time.monotonic() - last >= self._recheck
+
     async def touch(self, conn: psycopg.AsyncConnection[Any], access: Access) -> bool:
         """Note a request; True when it opened a session (recorded as ``siteAccess``)."""
         token_id = access.principal.token_id
         now = time.monotonic()
-        last = self._seen.get(token_id)
-        if last is not None and now - last < self._recheck:
+        if not self.due(token_id):
             return False
         cur = await conn.execute(
             "UPDATE tokens t SET last_seen_at = now() FROM (SELECT id, last_seen_at FROM tokens WHERE id = %s FOR UPDATE) b"

@@ -22,7 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 from otaudit_collector.core.catalog import CatalogSet
 from otaudit_collector.core.plans import Plan, PlanForbids, allowed_categories, check_readable, clamp_since, upgrade_for
 from otaudit_collector.core.query import DOCUMENT_SQL, MAX_LIMIT, BadFilter, Filters, encode_cursor, events_sql, parse_filters
-from otaudit_collector.core.tokens import Principal
+from otaudit_collector.core.tokens import Principal, TokenCache
 from otaudit_collector.selfaudit import Access, Sessions
 from otaudit_collector.storage.access import authenticate_async
 
@@ -48,6 +48,7 @@ class ReadContext:
     pepper: str
     catalogs: Callable[[], CatalogSet]
     sessions: Sessions | None = None  # records each API session (self-audit); None records none
+    tokens: TokenCache | None = None  # recently checked tokens; None looks each one up
 
 
 READS: web.AppKey[ReadContext] = web.AppKey("reads", ReadContext)
@@ -83,14 +84,13 @@ async def _authenticated(
     if scheme.lower() != "bearer" or not text.strip():
         return error(401, "unauthorized", "send 'Authorization: Bearer <token>'", **{"WWW-Authenticate": "Bearer"})
     ctx = request.app[READS]
-    async with ctx.pool.connection() as conn:
-        principal = await authenticate_async(conn, text.strip(), ctx.pepper)
+    principal = await _authenticate(ctx, text.strip())
     if principal is None:
         return error(401, "unauthorized", "the token is unknown or revoked", **{"WWW-Authenticate": "Bearer"})
     if principal.role == "ingest":
         return error(403, "forbidden", "an ingest token can send events, not read them; use an admin or auditor token")
     request[_PRINCIPAL] = principal
-    if ctx.sessions is not None:
+    if ctx.sessions is not None and ctx.sessions.due(principal.token_id):
         async with ctx.pool.connection() as conn:
             await ctx.sessions.touch(conn, Access(principal, request.remote, request.headers.get("User-Agent")))
     # PostgreSQL text cannot hold NUL: refuse it here, for every route, rather than fail in SQL.
@@ -103,6 +103,19 @@ async def _authenticated(
         return error(400, "bad_filter", str(exc))
     except PlanForbids as exc:
         return error(403, "plan_forbids", str(exc))
+
+
+async def _authenticate(ctx: ReadContext, token: str) -> Principal | None:
+    if ctx.tokens is None:
+        async with ctx.pool.connection() as conn:
+            return await authenticate_async(conn, token, ctx.pepper)
+    key = ctx.tokens.key(token)
+    found, principal = ctx.tokens.get(key)
+    if not found:
+        async with ctx.pool.connection() as conn:
+            principal = await authenticate_async(conn, token, ctx.pepper)
+        ctx.tokens.put(key, principal)
+    return principal
 
 
 def add_read_routes(app: web.Application, ctx: ReadContext) -> None:

@@ -12,10 +12,11 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["ROLES", "Principal", "new_token", "parse_token", "secret_hash", "secret_matches"]
+__all__ = ["ROLES", "Principal", "TokenCache", "new_token", "parse_token", "secret_hash", "secret_matches"]
 
 ROLES: Final = ("admin", "auditor", "ingest")
 
@@ -53,3 +54,41 @@ def secret_hash(secret: str, pepper: str) -> bytes:
 
 def secret_matches(secret: str, pepper: str, stored: bytes) -> bool:
     return hmac.compare_digest(secret_hash(secret, pepper), stored)
+
+
+class TokenCache:
+    """Recently checked tokens, so that a request does not query the database each time.
+
+    Keyed by the token's HMAC under the pepper, never by the token. An unknown or revoked
+    token is remembered too (None), so that a client retrying a wrong token does not load
+    the database; neither can become valid again. An entry lives ``seconds``: a revocation
+    or a plan change takes effect within that time (0 remembers nothing).
+    """
+
+    MAX_ENTRIES: Final = 4096
+
+    def __init__(self, pepper: str, seconds: float, clock: Callable[[], float]) -> None:
+        self._pepper = pepper
+        self._seconds = seconds
+        self._clock = clock
+        self._entries: dict[bytes, tuple[Principal | None, float]] = {}
+
+    def key(self, token: str) -> bytes:
+        return secret_hash(token, self._pepper)
+
+    def get(self, key: bytes) -> tuple[bool, Principal | None]:
+        """(found, principal); a principal of None found means unknown or revoked."""
+        entry = self._entries.get(key)
+        if entry is None or entry[1] <= self._clock():
+            return False, None
+        return True, entry[0]
+
+    def put(self, key: bytes, principal: Principal | None) -> None:
+        if self._seconds <= 0:
+            return
+        now = self._clock()
+        if len(self._entries) >= self.MAX_ENTRIES:  # full: keep live valid tokens; wrong ones cannot evict them
+            self._entries = {k: e for k, e in self._entries.items() if e[1] > now and e[0] is not None}
+            if len(self._entries) >= self.MAX_ENTRIES:
+                self._entries.clear()
+        self._entries[key] = (principal, now + self._seconds)

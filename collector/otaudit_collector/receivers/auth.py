@@ -27,13 +27,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
 from otaudit_collector.core.errors import PermissionDenied, Unauthenticated, Unavailable
-from otaudit_collector.core.tokens import Principal, parse_token, secret_hash
+from otaudit_collector.core.tokens import Principal, TokenCache, parse_token
 from otaudit_collector.storage.access import authenticate_async
 from otaudit_collector.storage.writer import is_retryable
 
@@ -46,15 +45,8 @@ GRPC_METADATA = "the gRPC metadata"
 HTTP_HEADER = "the HTTP header"
 
 _PREFIX = "otaudit_"
-_MAX_CACHED = 4096
 _CREATE = "otaudit token create --tenant TENANT --role ingest"
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    principal: Principal | None  # None: unknown or revoked
-    expires: float
 
 
 class IngestAuth:
@@ -73,10 +65,9 @@ class IngestAuth:
         self._conninfo = conninfo
         self._pepper = pepper
         self.required = required
-        self._cache_seconds = cache_seconds
         self._retry_after = retry_after_seconds
         self._clock = clock
-        self._cache: dict[bytes, _Entry] = {}
+        self._cache = TokenCache(pepper, cache_seconds, clock)
         self._lock = asyncio.Lock()
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._down_until = 0.0
@@ -132,16 +123,15 @@ class IngestAuth:
         return principal
 
     async def _verify(self, credential: str, token_id: str) -> Principal | None:
-        key = secret_hash(credential, self._pepper)
-        entry = self._cache.get(key)
-        if entry is not None and entry.expires > self._clock():
-            return entry.principal
+        key = self._cache.key(credential)
+        found, principal = self._cache.get(key)
+        if found:
+            return principal
         async with self._lock:  # one lookup at a time; those that waited for the same token find it cached
-            now = self._clock()
-            entry = self._cache.get(key)
-            if entry is not None and entry.expires > now:
-                return entry.principal
-            if now < self._down_until:  # the database just failed: answer at once instead of queueing
+            found, principal = self._cache.get(key)
+            if found:
+                return principal
+            if self._clock() < self._down_until:  # the database just failed: answer at once instead of queueing
                 raise self._unavailable()
             try:
                 async with asyncio.timeout(LOOKUP_TIMEOUT_SECONDS):
@@ -156,19 +146,12 @@ class IngestAuth:
                     "cannot check ingest tokens: the database is unreachable", extra={"error": f"{type(exc).__name__}: {text}"}
                 )
                 raise self._unavailable() from None
-            self._remember(key, principal, now)
+            self._cache.put(key, principal)
         if principal is None:
             log.warning("OTLP request refused: the ingest token is unknown or revoked", extra={"token_id": token_id})
         elif principal.role != "ingest":
             log.warning("OTLP request refused: not an ingest token", extra={"token_id": token_id, "role": principal.role})
         return principal
-
-    def _remember(self, key: bytes, principal: Principal | None, now: float) -> None:
-        if len(self._cache) >= _MAX_CACHED:  # full: keep the live tokens; a flood of wrong ones cannot evict them
-            self._cache = {k: e for k, e in self._cache.items() if e.expires > now and e.principal is not None}
-            if len(self._cache) >= _MAX_CACHED:
-                self._cache.clear()
-        self._cache[key] = _Entry(principal, now + self._cache_seconds)
 
     def _unavailable(self) -> Unavailable:
         return Unavailable(
