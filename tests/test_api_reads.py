@@ -132,6 +132,24 @@ def test_a_checked_token_is_trusted_for_token_cache_seconds(db: str) -> None:
             running.stop()
 
 
+def test_a_read_whose_access_cannot_be_recorded_is_refused_and_recorded_on_retry(collector: RunningCollector) -> None:
+    """Reading is audited: when the ingest path cannot take the session's siteAccess event
+    (saturated here), the read answers 503 instead of going unrecorded, and the next
+    request opens the session and records it."""
+    api = Api(collector.api_url, token(collector.conninfo, "acme"))
+    ingestor = collector.collector.ingestor
+    ingestor.in_flight = 10**6  # as if the collector were saturated with ingest requests
+    try:
+        refused = api.get("/v1/whoami")
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
+        assert "could not be recorded in the audit trail" in refused.json()["message"]
+    finally:
+        ingestor.in_flight = 0
+    assert api.ok("/v1/whoami")["tenant"] == "acme"
+    sessions = [e for e in api.ok("/v1/events", event="siteAccess")["events"] if e["source"]["service"] == "otaudit-collector"]
+    assert len(sessions) == 1, "the session is recorded once, by the request that succeeded"
+
+
 def test_every_read_route_needs_a_token_that_may_read(trail: dict[str, Any]) -> None:
     collector: RunningCollector = trail["collector"]
     routes = ["/v1/events", f"/v1/events/{trail['acme'][0]}", "/v1/feed", "/v1/tenants/acme/plan", "/v1/catalog", "/v1/whoami"]

@@ -162,19 +162,26 @@ class Sessions:
             return False
         cur = await conn.execute(
             "UPDATE tokens t SET last_seen_at = now() FROM (SELECT id, last_seen_at FROM tokens WHERE id = %s FOR UPDATE) b"
-            " WHERE t.id = b.id RETURNING b.last_seen_at IS NULL OR b.last_seen_at < now() - %s * interval '1 minute'",
+            " WHERE t.id = b.id RETURNING b.last_seen_at, b.last_seen_at IS NULL OR b.last_seen_at < now() - %s * interval '1 minute'",
             (token_id, self._idle_minutes),
         )
         row = await cur.fetchone()
         await conn.commit()
         self._seen[token_id] = now
-        if row is None or not row[0]:
+        if row is None or not row[1]:
             return False
-        await self._audit.record(
-            event="siteAccess",
-            category="site_access",
-            access=access,
-            details={"method": "token"},
-            message=f"API session opened with token {token_id} ({access.principal.role})",
-        )
+        try:
+            await self._audit.record(
+                event="siteAccess",
+                category="site_access",
+                access=access,
+                details={"method": "token"},
+                message=f"API session opened with token {token_id} ({access.principal.role})",
+            )
+        except BaseException:
+            # Not recorded: the session is not open either, so the next request tries again.
+            self._seen.pop(token_id, None)
+            await conn.execute("UPDATE tokens SET last_seen_at = %s WHERE id = %s", (row[0], token_id))
+            await conn.commit()
+            raise
         return True

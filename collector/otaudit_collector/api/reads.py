@@ -20,6 +20,7 @@ from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
 from otaudit_collector.core.catalog import CatalogSet
+from otaudit_collector.core.errors import IngestError
 from otaudit_collector.core.plans import Plan, PlanForbids, allowed_categories, check_readable, clamp_since, upgrade_for
 from otaudit_collector.core.query import DOCUMENT_SQL, MAX_LIMIT, BadFilter, Filters, encode_cursor, events_sql, parse_filters
 from otaudit_collector.core.tokens import Principal, TokenCache
@@ -74,6 +75,14 @@ async def auth_middleware(
     except psycopg.OperationalError as exc:
         log.warning("API request failed: the database is unreachable", extra={"error": str(exc)})
         return error(503, "unavailable", "the database is unreachable; try again shortly", **{"Retry-After": "5"})
+    except IngestError as exc:  # reading is audited: no read whose access cannot be recorded
+        log.warning("API request refused: its access could not be recorded", extra={"error": exc.message})
+        return error(
+            503,
+            "unavailable",
+            f"the access could not be recorded in the audit trail ({exc.message}); try again shortly",
+            **{"Retry-After": "5"},
+        )
 
 
 async def _authenticated(
