@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -271,3 +272,100 @@ def test_sigterm_under_load_loses_nothing_acknowledged(db: str, tmp_path: Path) 
     assert sum(acknowledged) <= stored <= sum(acknowledged) + 20
     assert len({r["id"] for r in rows(db, "SELECT id FROM events")}) == stored
     assert uuid.UUID(rows(db, "SELECT id FROM events LIMIT 1")[0]["id"])
+
+
+def _held_collector(db: str, tmp_path: Path, grace_seconds: float) -> tuple[CollectorProcess, psycopg.Connection[Any]]:
+    """A collector whose next commit for tenant acme blocks: acme's tenant_seq row is locked
+    by a transaction of the test's, until the test ends it."""
+    config = tmp_path / "otaudit.yaml"
+    config.write_text(f"shutdown:\n  grace_seconds: {grace_seconds}\n", encoding="utf-8")
+    proc = CollectorProcess(
+        ["serve", "--config", str(config), "--database-url", db, "--grpc-port", "0", "--http-port", "0", "--api-port", "0"],
+        cwd=tmp_path,
+    ).start()
+    with grpc.insecure_channel(proc.grpc_target) as channel:
+        channel.unary_unary(EXPORT)(batches(1, 1)[0], timeout=30)  # acme's tenant_seq row exists
+    lock = psycopg.connect(db)
+    lock.execute("SELECT * FROM tenant_seq WHERE tenant = 'acme' FOR UPDATE")
+    return proc, lock
+
+
+def _send_in_background(target: str, body: bytes) -> tuple[threading.Thread, list[Any]]:
+    answers: list[Any] = []
+
+    def send() -> None:
+        with grpc.insecure_channel(target) as channel:
+            try:
+                answers.append(channel.unary_unary(EXPORT)(body, timeout=60))
+            except grpc.RpcError as exc:
+                answers.append(exc)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    return thread, answers
+
+
+def _held_in_commit(db: str) -> bool:
+    found = rows(db, "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()")
+    return bool(found[0]["n"])
+
+
+def test_sigterm_stops_taking_requests_and_answers_the_one_in_flight_once_committed(db: str, tmp_path: Path) -> None:
+    proc, lock = _held_collector(db, tmp_path, grace_seconds=30)
+    try:
+        thread, answers = _send_in_background(proc.grpc_target, batches(1, 5)[0])
+        wait_until(lambda: _held_in_commit(db), what="the request to wait in its commit")
+        assert proc.proc is not None
+        proc.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: any("stopping: finishing requests in flight" in line for line in proc.output), what="the stop")
+        with grpc.insecure_channel(proc.grpc_target) as channel, pytest.raises(grpc.RpcError) as refused:
+            channel.unary_unary(EXPORT)(batches(1, 1)[0], timeout=10)  # no new request is taken
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert proc.proc.poll() is None and not answers, "still draining: the request in flight waits for its commit"
+    finally:
+        lock.rollback()  # the commit goes through
+        lock.close()
+    thread.join(60)
+    assert proc.proc.wait(60) == 0
+    (answer,) = answers
+    assert not isinstance(answer, grpc.RpcError), f"the request in flight was answered with an error: {answer}"
+    assert count(db) == 6, "acknowledged, so stored: 1 before, 5 in flight"
+    assert (
+        rows(db, "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")[0][
+            "n"
+        ]
+        == 0
+    ), "the database connections are closed"
+
+
+def test_sigterm_exits_within_the_grace_period_and_acknowledges_nothing_uncommitted(db: str, tmp_path: Path) -> None:
+    proc, lock = _held_collector(db, tmp_path, grace_seconds=2)
+    try:
+        thread, answers = _send_in_background(proc.grpc_target, batches(1, 5)[0])
+        wait_until(lambda: _held_in_commit(db), what="the request to wait in its commit")
+        assert proc.terminate(timeout=60) == 0, "the grace period ended the drain, and the exit is clean"
+        thread.join(60)
+        (answer,) = answers
+        assert isinstance(answer, grpc.RpcError), "the commit did not finish: the request is not acknowledged"
+        assert answer.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+        assert any("did not finish in time and is abandoned" in line for line in proc.output)
+    finally:
+        lock.rollback()
+        lock.close()
+    assert count(db) == 1, "only what was acknowledged before is stored"
+
+
+def test_readiness_needs_the_schema_and_comes_back_without_a_restart(collector: RunningCollector) -> None:
+    ready = collector.api_url + "/readyz"
+    assert requests.get(ready, timeout=10).status_code == 200
+    with psycopg.connect(collector.conninfo, autocommit=True) as conn:
+        latest = conn.execute("SELECT version, name FROM schema_migrations ORDER BY version DESC LIMIT 1").fetchone()
+        assert latest is not None
+        conn.execute("DELETE FROM schema_migrations WHERE version = %s", (latest[0],))  # as if restored from an old backup
+        wait_until(lambda: requests.get(ready, timeout=10).status_code == 503, timeout=30, what="readiness to turn false")
+        problems = requests.get(ready, timeout=10).json()["problems"]
+        assert problems == [
+            f"database schema is at migration {latest[0] - 1}, this collector needs {latest[0]}: run 'otaudit migrate'"
+        ]
+        conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", latest)
+    wait_until(lambda: requests.get(ready, timeout=10).status_code == 200, timeout=30, what="readiness to come back")

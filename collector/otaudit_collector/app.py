@@ -36,12 +36,16 @@ from otaudit_collector.receivers.auth import IngestAuth
 from otaudit_collector.receivers.otlp_grpc import create_grpc_server
 from otaudit_collector.receivers.otlp_http import create_http_app
 from otaudit_collector.selfaudit import SelfAudit, Sessions
+from otaudit_collector.storage.migrate import available_migrations
 from otaudit_collector.storage.retention import run_retention
 from otaudit_collector.storage.writer import Writer
 
 __all__ = ["Collector", "Endpoints", "catalog_dirs", "policy_from", "ensure_partitions"]
 
 log = logging.getLogger("otaudit")
+
+SCHEMA_CHECK_SECONDS = 5.0
+"""How often a running collector checks that the database still has its migrations (readiness)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +139,7 @@ class Collector:
         self._reload_lock = asyncio.Lock()
         self._pool: AsyncConnectionPool[Any] | None = None
         self._retention_stop = threading.Event()  # ends a retention run after its batch in progress
+        self._schema_problem: str | None = None  # the database's schema is behind this collector's
 
     # -- readiness -------------------------------------------------------------------
 
@@ -144,6 +149,10 @@ class Collector:
             problems.append("shutting down")
         if not self.writer.available:
             problems.append(f"database unreachable: {self.writer.stats.last_error or 'connecting'}")
+        elif self._schema_problem:
+            problems.append(self._schema_problem)
+        if not self.catalogs.categories:
+            problems.append("no catalogs loaded")
         return problems
 
     # -- start and stop --------------------------------------------------------------
@@ -205,6 +214,7 @@ class Collector:
         if interval > 0:
             self._tasks.append(asyncio.create_task(self._watch_catalogs(interval), name="otaudit-catalog-watch"))
         self._tasks.append(asyncio.create_task(self._maintain_partitions(), name="otaudit-partitions"))
+        self._tasks.append(asyncio.create_task(self._watch_schema(), name="otaudit-schema"))
         if self.settings.get("retention", "enabled"):
             self._tasks.append(asyncio.create_task(self._apply_retention(), name="otaudit-retention"))
         self._tasks.append(asyncio.create_task(self._export_runner(exports).run(), name="otaudit-exports"))
@@ -242,7 +252,7 @@ class Collector:
             app,
             access_log=None,
             auto_decompress=False,  # OTLP/HTTP inflates bodies itself, with its own limit and errors
-            shutdown_timeout=float(self.settings.get("ingest", "commit_timeout_seconds")),
+            shutdown_timeout=float(self.settings.get("shutdown", "grace_seconds")),
         )
         await runner.setup()
         self._runners.append(runner)
@@ -251,24 +261,26 @@ class Collector:
         return chosen
 
     async def stop(self, grace_seconds: float = 30.0) -> None:
-        """Stop taking requests, finish and answer those in flight, commit, close."""
+        """Stop taking requests, finish and answer those in flight, commit, close; all
+        within ``grace_seconds``: what is still uncommitted then is answered as retryable."""
         if self._stopping:
             await self._stopped.wait()
             return
         self._stopping = True
+        deadline = asyncio.get_running_loop().time() + grace_seconds
         self._retention_stop.set()
         for task in self._tasks:
             task.cancel()
         receivers = []
         if self._grpc is not None:
             receivers.append(self._grpc.stop(grace_seconds))
-        receivers.extend(runner.cleanup() for runner in self._runners[:-1])  # OTLP/HTTP; the API goes last
+        # OTLP/HTTP and the API: each closes its socket, then waits for its requests in
+        # flight up to the grace period (their shutdown_timeout), as gRPC does.
+        receivers.extend(runner.cleanup() for runner in self._runners)
         await asyncio.gather(*receivers, return_exceptions=True)
         self.ingestor.close()
         await self.ingest_auth.close()
-        await self.writer.close()
-        for runner in self._runners[-1:]:
-            await runner.cleanup()
+        await self.writer.close(timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
         if self._pool is not None:
             await self._pool.close()
         self._stopped.set()
@@ -308,6 +320,33 @@ class Collector:
             if current != seen:
                 seen = current
                 await self.reload_catalogs("file change")
+
+    async def _watch_schema(self) -> None:
+        """Readiness also needs the migrations this collector expects: a database restored from
+        an old backup, or replaced by an empty one, is reachable but cannot take events."""
+        latest = available_migrations()[-1].version
+        while True:
+            await asyncio.sleep(SCHEMA_CHECK_SECONDS)
+            if not self.writer.available or self._pool is None:
+                continue
+            try:
+                async with self._pool.connection(timeout=5) as conn:
+                    cur = await conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
+                    row = await cur.fetchone()
+                applied = int(row[0]) if row else 0
+            except psycopg.errors.UndefinedTable:
+                applied = 0
+            except Exception as exc:  # noqa: BLE001 - the writer reports an unreachable database
+                log.debug("schema check failed", extra={"error": str(exc)})
+                continue
+            problem = (
+                None
+                if applied >= latest
+                else f"database schema is at migration {applied}, this collector needs {latest}: run 'otaudit migrate'"
+            )
+            if problem != self._schema_problem:
+                (log.error if problem else log.info)(problem or "database schema is up to date again")
+            self._schema_problem = problem
 
     async def _maintain_partitions(self) -> None:
         ahead = int(self.settings.get("ingest", "partitions_ahead_months"))

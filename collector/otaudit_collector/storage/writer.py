@@ -124,12 +124,29 @@ class Writer:
         await self._connect()
         self._task = asyncio.create_task(self._run(), name="otaudit-writer")
 
-    async def close(self) -> None:
-        """Commit what is queued, then stop. Batches that cannot be committed are refused as retryable."""
+    async def close(self, timeout: float | None = None) -> None:
+        """Commit what is queued, then stop. Batches that cannot be committed are refused as
+        retryable; so is everything still uncommitted after ``timeout`` seconds: the commit
+        in progress is abandoned (rolled back), and no request that waits for it is left
+        without an answer. Nothing is acknowledged that was not committed."""
         self._closing = True
         self._wake.set()
         if self._task is not None:
-            await self._task
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except TimeoutError:
+                log.error(
+                    "stopping: the commit in progress did not finish in time and is abandoned; its requests are"
+                    " answered as retryable",
+                    extra={"pending_records": self._pending_records, "timeout_seconds": timeout},
+                )
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+                self._fail_queued(
+                    Unavailable(
+                        "the collector stopped before this batch was committed: retry", retry_after_seconds=self._retry_after
+                    )
+                )
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
@@ -196,6 +213,14 @@ class Writer:
     async def _commit_group(self, group: list[_Pending]) -> None:
         try:
             new = await self._commit_with_retries([p.batch for p in group])
+        except asyncio.CancelledError:  # the collector stops and cannot wait any longer
+            self._settle(
+                group,
+                error=Unavailable(
+                    "the collector stopped before this batch was committed: retry", retry_after_seconds=self._retry_after
+                ),
+            )
+            raise
         except Exception as exc:  # noqa: BLE001 - every failure is answered, none is lost silently
             if is_retryable(exc):
                 self._mark_down(exc)
