@@ -280,6 +280,39 @@ def test_a_job_whose_collector_died_is_taken_over_and_finished(db: str) -> None:
         collector.stop()
 
 
+def test_a_failed_job_says_why(db: str) -> None:
+    settings = settings_for(db, {("exports", "poll_seconds"): 0.05, ("exports", "lease_seconds"): 1})
+    collector = RunningCollector(settings)
+    try:
+        admin = token(db, "acme")
+        token_id = admin.split("_")[1]
+        with psycopg.connect(db) as conn:
+            # Filters that no longer parse (stored by an older version, say), and a job whose
+            # collector stopped in the middle of it three times already.
+            conn.execute(
+                "INSERT INTO export_jobs (id, tenant, token_id, format, filters) VALUES ('exp_badfilter', 'acme', %s, 'csv',"
+                ' \'{"since": ["last tuesday"]}\')',
+                (token_id,),
+            )
+            conn.execute(
+                "INSERT INTO export_jobs (id, tenant, token_id, format, filters, state, owner, lease_until, attempts)"
+                " VALUES ('exp_unlucky', 'acme', %s, 'csv', '{}', 'running', 'dead-pod', now() - interval '1 second', 3)",
+                (token_id,),
+            )
+        api = Api(collector.api_url, admin)
+        for job_id, why in (
+            ("exp_badfilter", "since: 'last tuesday' is not an RFC 3339 time or Unix seconds"),
+            ("exp_unlucky", "gave up after 3 attempts: the collector running it stopped each time"),
+        ):
+            wait_until(lambda job_id=job_id: api.ok(f"/v1/exports/{job_id}")["state"] == "failed", 30, f"{job_id} to fail")
+            job = api.ok(f"/v1/exports/{job_id}")
+            assert why in job["error"] and job["download_url"] is None
+        failures = [e for e in api.ok("/v1/events", event="exportView")["events"] if e["outcome"] == "failure"]
+        assert {e["details"]["job_id"] for e in failures} == {"exp_badfilter", "exp_unlucky"}, "each failure is audited"
+    finally:
+        collector.stop()
+
+
 def test_bad_export_job_requests(trail: dict[str, Any]) -> None:
     collector: RunningCollector = trail["collector"]
     api: Api = trail["admin"]

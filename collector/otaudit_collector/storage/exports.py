@@ -157,13 +157,13 @@ class LeaseLost(Exception):
 
 async def run_job(conninfo: str, job: dict[str, Any], owner: str, lease_seconds: float) -> int:
     """Write a claimed job's file into export_chunks; returns its rows. Marks it done or failed."""
-    fmt = FORMATS[job["format"]]
-    where, params = job_where(job["tenant"], job["categories"], job["filters"])
     async with (
         await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as control,
         await psycopg.AsyncConnection.connect(conninfo) as reader,
     ):
         try:
+            fmt = FORMATS[job["format"]]
+            where, params = job_where(job["tenant"], job["categories"], job["filters"])
             buffer = bytearray()
             chunk_no = 0
             counted = 0
