@@ -158,7 +158,7 @@ def request(records: Iterable[LogRecord], service: str = "accounts-api") -> Expo
 
 def rows(conninfo: str, sql: str = "SELECT * FROM events ORDER BY tenant, seq", params: Any = None) -> list[dict[str, Any]]:
     with psycopg.connect(conninfo, row_factory=psycopg.rows.dict_row) as conn:
-        return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+        return conn.execute(sql, params).fetchall()
 
 
 def count(conninfo: str, table: str = "events") -> int:

@@ -205,7 +205,7 @@ def test_otlp_http_protobuf_gzip_and_json(collector: RunningCollector) -> None:
 
 
 def test_json_partial_success_names_the_record(collector: RunningCollector) -> None:
-    body = {
+    body: dict[str, Any] = {
         "resourceLogs": [
             {
                 "scopeLogs": [
