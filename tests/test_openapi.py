@@ -39,7 +39,7 @@ from otaudit_collector.storage import access
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 DOCUMENT = json.loads(files("otaudit_collector.api").joinpath("openapi.json").read_text(encoding="utf-8"))
 WEB_PAGE = {("GET", "/"), ("GET", "/ui/"), ("GET", "/ui/{file}")}  # api/web.py: the HTML page, not the API
-OPEN = {"/healthz", "/readyz", "/openapi.json", "/v1/exports/{id}/download"}  # answered without a token
+OPEN = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/v1/exports/{id}/download"}  # answered without a token
 EXAMPLE_ID = DOCUMENT["paths"]["/v1/events/{id}"]["get"]["parameters"][0]["example"]  # seeded: schemathesis' examples find it
 
 
@@ -219,6 +219,7 @@ def test_each_documented_answer_is_given_as_documented(seeded: Seeded, api_schem
     _check(schema, "GET", "/v1/whoami", 200, auth)
     _check(schema, "GET", "/healthz", 200)
     _check(schema, "GET", "/readyz", 200)
+    _check(schema, "GET", "/metrics", 200)
     _check(schema, "GET", "/openapi.json", 200)
 
     for fmt in ("csv", "ndjson", "json"):

@@ -31,6 +31,7 @@ from otaudit_collector.core.export import signing_key
 from otaudit_collector.core.normalize import Policy
 from otaudit_collector.core.plans import plans_from
 from otaudit_collector.core.tokens import TokenCache
+from otaudit_collector.metrics import Metrics
 from otaudit_collector.pipeline import Ingestor
 from otaudit_collector.receivers.auth import IngestAuth
 from otaudit_collector.receivers.otlp_grpc import create_grpc_server
@@ -109,6 +110,7 @@ class Collector:
         self.conninfo = conninfo
         self.catalogs = catalogs
         ingest = settings.get("ingest")
+        self.metrics = Metrics()  # this collector's own registry: served at /metrics
         self.writer = Writer(
             conninfo,
             max_pending_records=ingest["max_pending_records"],
@@ -116,6 +118,7 @@ class Collector:
             commit_timeout_seconds=ingest["commit_timeout_seconds"],
             retry_after_seconds=ingest["retry_after_seconds"],
             default_plan=settings.raw["default_plan"],
+            metrics=self.metrics,
         )
         self.ingestor = Ingestor(
             writer=self.writer,
@@ -123,6 +126,7 @@ class Collector:
             policy=policy_from(settings),
             max_concurrent_requests=ingest["max_concurrent_requests"],
             retry_after_seconds=ingest["retry_after_seconds"],
+            metrics=self.metrics,
         )
         self.ingest_auth = IngestAuth(
             conninfo,
@@ -189,7 +193,8 @@ class Collector:
             self.conninfo, min_size=1, max_size=4, open=False, name="otaudit-api", kwargs={"autocommit": True}
         )
         await self._pool.open()
-        api = create_api_app(self.not_ready)
+        self.metrics.watch_pool("api", self._pool.get_stats)
+        api = create_api_app(self.not_ready, self.metrics.render)
         audit = SelfAudit(self.ingestor)
         add_read_routes(
             api,
@@ -235,6 +240,7 @@ class Collector:
             max_streams=int(config["max_streams"]),
             url_ttl_seconds=int(config["url_ttl_seconds"]),
             keep=timedelta(hours=float(config["keep_hours"])),
+            metrics=self.metrics,
         )
 
     def _export_runner(self, ctx: ExportContext) -> ExportRunner:
@@ -364,11 +370,16 @@ class Collector:
         await asyncio.sleep(min(60.0, interval))
         while True:
             try:
-                await asyncio.to_thread(
+                report = await asyncio.to_thread(
                     run_retention, self.conninfo, self.settings, trigger="schedule", stop=self._retention_stop
                 )
             except Exception as exc:  # noqa: BLE001 - retention must never stop the collector
+                self.metrics.retention_run("failed")
                 log.error("retention run failed; will try again next interval", extra={"error": str(exc)})
+            else:
+                self.metrics.retention_run(
+                    report.outcome, events_deleted=report.rows_deleted, partitions_dropped=len(report.partitions_dropped)
+                )
             await asyncio.sleep(interval)
 
 
@@ -384,7 +395,7 @@ def describe(endpoints: Endpoints, database: str, catalogs: CatalogSet) -> Seque
         "otaudit collector is ready",
         f"  OTLP/gRPC   {addr(endpoints.grpc)}",
         f"  OTLP/HTTP   http://{addr(endpoints.http)}/v1/logs",
-        f"  API         http://{addr(endpoints.api)}  (web page /ui/, /v1/..., /openapi.json, /healthz, /readyz)",
+        f"  API         http://{addr(endpoints.api)}  (web page /ui/, /v1/..., /openapi.json, /healthz, /readyz, /metrics)",
         f"  database    {database}",
         f"  catalogs    {len(catalogs.categories)} categories, {events} events",
         "Send events with any OTLP exporter; stop with Ctrl-C (or SIGTERM).",

@@ -22,6 +22,7 @@ from otaudit_collector.core.otlp_json import decode_json
 from otaudit_collector.core.otlp_proto import decode_protobuf
 from otaudit_collector.core.prepare import Prepared, prepare
 from otaudit_collector.core.tokens import Principal
+from otaudit_collector.metrics import Metrics
 from otaudit_collector.storage.writer import Writer
 
 __all__ = ["ExportResult", "Ingestor", "OFFLOAD_BYTES"]
@@ -56,8 +57,10 @@ class Ingestor:
         max_concurrent_requests: int,
         retry_after_seconds: float,
         clock: Callable[[], int] = time.time_ns,
+        metrics: Metrics | None = None,
     ) -> None:
         self._writer = writer
+        self.metrics = metrics if metrics is not None else Metrics()  # the receivers count their requests in it too
         self._catalogs = catalogs
         self._policy = policy
         self._max_concurrent = max_concurrent_requests
@@ -75,11 +78,14 @@ class Ingestor:
         decoded = decode_json(body, depth) if as_json else decode_protobuf(body, depth)
         return prepare(normalize_request(decoded, received_ns, policy), catalogs, received_ns, tenant=tenant)
 
-    async def export(self, body: bytes, *, as_json: bool = False, principal: Principal | None = None) -> ExportResult:
+    async def export(
+        self, body: bytes, *, as_json: bool = False, principal: Principal | None = None, transport: str = "internal"
+    ) -> ExportResult:
         """Decode, validate and store one request body; answer only once it is committed.
 
         ``principal``: the request's ingest token. Its tenant is given to records that name
-        none, and records naming another tenant are refused.
+        none, and records naming another tenant are refused. ``transport`` (metrics.TRANSPORTS):
+        the receiver the request came through.
         """
         if self.in_flight >= self._max_concurrent:
             raise Overloaded(
@@ -96,6 +102,7 @@ class Ingestor:
                 prepared = await loop.run_in_executor(self._workers, self._prepare, body, as_json, received_ns, catalogs, tenant)
             else:
                 prepared = self._prepare(body, as_json, received_ns, catalogs, tenant)
+            self.metrics.records_received.labels(transport).inc(len(prepared.lines) + prepared.rejected)
             if prepared.refused and principal is not None:
                 log.warning(
                     "records refused: an ingest token may write only its own tenant",
@@ -107,6 +114,7 @@ class Ingestor:
                 )
             if prepared.lines or prepared.rejects:
                 await self._writer.submit(prepared)
+            self.metrics.count_rejects(prepared.reasons)  # once they are answered: stored in quarantine, or refused
             return ExportResult(len(prepared.lines), prepared.rejected, prepared.partial_success_message())
         finally:
             self.in_flight -= 1

@@ -36,6 +36,7 @@ from otaudit_collector.core.export import (
 from otaudit_collector.core.plans import clamp_since
 from otaudit_collector.core.query import BadFilter, parse_filters, where_sql
 from otaudit_collector.core.tokens import Principal
+from otaudit_collector.metrics import Metrics
 from otaudit_collector.selfaudit import Access, SelfAudit
 from otaudit_collector.storage import exports as store
 
@@ -53,6 +54,7 @@ class ExportContext:
     url_ttl_seconds: int = 3600
     keep: dt.timedelta = dt.timedelta(hours=24)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    metrics: Metrics = field(default_factory=Metrics)
     streams: asyncio.Semaphore = field(init=False)
 
     def __post_init__(self) -> None:
@@ -132,13 +134,16 @@ async def _export(request: web.Request) -> web.StreamResponse:
     categories, effective, notice = _resolve(request, params)
     tenant = principal_of(request).tenant
     where, where_params = where_sql(tenant, categories, parse_filters(effective))
+    streams = ctx.metrics.export_streams
     if ctx.streams.locked():
+        streams.labels("busy").inc()
         return _busy(ctx)
     async with ctx.streams:
         try:
             conn = await psycopg.AsyncConnection.connect(ctx.conninfo)
         except psycopg.OperationalError:
             log.exception("export: cannot connect to the database")
+            streams.labels("unavailable").inc()
             return error(503, "unavailable", "the database is unreachable; try again shortly", **{"Retry-After": "5"})
         headers = {
             "Content-Type": fmt.content_type,
@@ -159,6 +164,7 @@ async def _export(request: web.Request) -> web.StreamResponse:
         access = access_of(request)
 
         async def failed(reason: str) -> None:
+            streams.labels("failure").inc()
             await asyncio.shield(audit_export(ctx.audit, access, fmt, params, rows, "failure", reason, job_id=None))
 
         async with conn:
@@ -174,6 +180,8 @@ async def _export(request: web.Request) -> web.StreamResponse:
                 raise
         # Recorded before the response ends: whoever has the whole file can already see the export in the trail.
         await audit_export(ctx.audit, access, fmt, params, rows, "success", None, job_id=None)
+        streams.labels("success").inc()
+        ctx.metrics.export_rows.labels("stream").inc(rows)
         await response.write_eof()
         return response
 
@@ -281,6 +289,7 @@ async def _create_job(request: web.Request) -> web.Response:
             categories=categories,
             client={k: v for k, v in (("address", request.remote), ("user_agent", request.headers.get("User-Agent"))) if v},
         )
+    ctx.metrics.export_jobs_created.inc()
     ctx.wake.set()
     answer = job_view(ctx, job, time.time())
     if notice:
@@ -369,6 +378,7 @@ class ExportRunner:
 
     async def run_once(self) -> bool:
         """Claim and run one job; False when there was none."""
+        metrics = self.ctx.metrics
         async with await psycopg.AsyncConnection.connect(self.ctx.conninfo, autocommit=True) as conn:
             if time.monotonic() - self._last_cleanup > 300:
                 self._last_cleanup = time.monotonic()
@@ -382,11 +392,13 @@ class ExportRunner:
             if job["attempts"] > store.MAX_ATTEMPTS:
                 message = f"gave up after {store.MAX_ATTEMPTS} attempts: the collector running it stopped each time"
                 await store.fail_job(conn, job["id"], message)
+                metrics.export_jobs_finished.labels("failed").inc()
                 await self._audit(job, principal, 0, "failure", message)
                 return True
         log.info("export job %s: running (attempt %d)", job["id"], job["attempts"])
         try:
-            rows = await store.run_job(self.ctx.conninfo, job, self.owner, self.lease_seconds)
+            with metrics.export_jobs_running.track_inprogress():
+                rows = await store.run_job(self.ctx.conninfo, job, self.owner, self.lease_seconds)
         except store.LeaseLost:
             log.warning("export job %s: another collector took it over", job["id"])
             return True
@@ -394,9 +406,12 @@ class ExportRunner:
             raise  # the lease runs out and the job is tried again
         except Exception as exc:
             log.exception("export job %s failed", job["id"])
+            metrics.export_jobs_finished.labels("failed").inc()
             await self._audit(job, principal, 0, "failure", f"{type(exc).__name__}: {exc}")
             return True
         log.info("export job %s: done, %d rows", job["id"], rows)
+        metrics.export_jobs_finished.labels("done").inc()
+        metrics.export_rows.labels("job").inc(rows)
         await self._audit(job, principal, rows, "success", None)
         return True
 

@@ -16,7 +16,7 @@ from otaudit_collector.core.catalog import CatalogSet
 from otaudit_collector.core.normalize import Candidate, iso_from_ns, iter_strings, storable
 from otaudit_collector.core.otlp_model import encode_resource
 
-__all__ = ["Prepared", "RejectRow", "prepare", "copy_text", "MAX_EVENT_BYTES", "EVENT_COLUMNS"]
+__all__ = ["Prepared", "RejectRow", "prepare", "copy_text", "MAX_EVENT_BYTES", "EVENT_COLUMNS", "REJECT_REASONS"]
 
 MAX_EVENT_BYTES = 1 << 20
 """The largest normalized event, as JSON, that is stored (1 MiB)."""
@@ -41,6 +41,19 @@ EVENT_COLUMNS = (
 
 _MAX_REJECTS_NAMED = 20
 
+REJECT_REASONS = (
+    "undecodable",  # the record's bytes could not be decoded
+    "invalid_record",  # decoded, but not an audit event: no event name or tenant, an attribute of the wrong type or size
+    "unknown_category",  # names a category no loaded catalog has
+    "unknown_event",  # an event its category (or, without one, every catalog) does not define
+    "ambiguous_event",  # no category, and the event is defined in several
+    "schema",  # breaks its event's schema
+    "too_large",  # over MAX_EVENT_BYTES as JSON
+    "unstorable",  # holds what PostgreSQL cannot store (a NUL character)
+    "tenant_mismatch",  # names a tenant its ingest token may not write (not quarantined)
+)
+"""Why a record was rejected, in a word: a small fixed set, for counting (the messages say the rest)."""
+
 
 @dataclass(frozen=True, slots=True)
 class RejectRow:
@@ -63,6 +76,8 @@ class Prepared:
     messages: list[str] = field(default_factory=list)
     refused: int = 0
     """Records rejected but not quarantined: they claim a tenant their ingest token may not write."""
+    reasons: list[tuple[str | None, str]] = field(default_factory=list)
+    """(category, reason) of each rejected record: the category when a loaded catalog has it, a reason of REJECT_REASONS."""
 
     @property
     def rejected(self) -> int:
@@ -98,8 +113,10 @@ def prepare(candidates: list[Candidate], catalogs: CatalogSet, received_ns: int,
             out.refused += 1
             reason = f"tenant '{claimed}' is not the token's tenant '{tenant}'; an ingest token writes only its own tenant"
             out.messages.append(_describe(index, cand, [reason]))
+            out.reasons.append((_loaded_category(cand.doc, catalogs), "tenant_mismatch"))
             continue
         doc = cand.doc
+        kind = "undecodable" if cand.record is None else "invalid_record"
         if doc is not None and not cand.errors:
             problems = catalogs.check(doc)
             if not problems:
@@ -116,10 +133,31 @@ def prepare(candidates: list[Candidate], catalogs: CatalogSet, received_ns: int,
                     out.keys.append((doc["tenant"], doc["id"], doc["occurred_at"]))
                     continue
                 problems = [problem]
+                kind = "too_large" if len(text) > MAX_EVENT_BYTES else "unstorable"
+            else:
+                kind = _catalog_reason(doc, catalogs)
             cand.errors.extend(problems)
         out.rejects.append(_reject(cand, tenant if tenant is not None and claimed_tenant(cand) is None else None))
         out.messages.append(_describe(index, cand))
+        out.reasons.append((_loaded_category(cand.doc, catalogs), kind))
     return out
+
+
+def _loaded_category(doc: dict[str, Any] | None, catalogs: CatalogSet) -> str | None:
+    category = doc.get("category") if doc is not None else None
+    return category if isinstance(category, str) and category in catalogs.categories else None
+
+
+def _catalog_reason(doc: dict[str, Any], catalogs: CatalogSet) -> str:
+    """The REJECT_REASONS word for an event ``catalogs.check`` refused (after it filled in an implied category)."""
+    category, event = doc.get("category"), doc.get("event")
+    if not category:
+        return "ambiguous_event" if catalogs.by_event.get(str(event)) else "unknown_event"
+    if category not in catalogs.categories:
+        return "unknown_category"
+    if (category, event) not in catalogs.validators:
+        return "unknown_event"
+    return "schema"
 
 
 def claimed_tenant(cand: Candidate) -> str | None:

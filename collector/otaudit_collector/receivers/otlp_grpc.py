@@ -53,22 +53,26 @@ def _authorization(context: grpc.aio.ServicerContext[bytes, bytes]) -> str | Non
 
 def _handler(ingestor: Ingestor, auth: IngestAuth | None):  # type: ignore[no-untyped-def]
     async def export(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-        try:
-            principal = await auth.check(_authorization(context), via=GRPC_METADATA) if auth is not None else None
-            result = await ingestor.export(request, principal=principal)
-        except IngestError as err:
-            await context.abort(err.status.grpc_code, err.message, trailing_metadata=error_trailers(err))
-            raise  # unreachable: abort raises
-        except Exception:
-            log.exception("OTLP/gRPC export failed")
-            failure = internal_error()
-            await context.abort(failure.status.grpc_code, failure.message, trailing_metadata=error_trailers(failure))
-            raise
-        response = ExportLogsServiceResponse()
-        if result.rejected:
-            response.partial_success.rejected_log_records = result.rejected
-            response.partial_success.error_message = result.message
-        return response.SerializeToString()
+        with ingestor.metrics.request("grpc") as timer:
+            try:
+                principal = await auth.check(_authorization(context), via=GRPC_METADATA) if auth is not None else None
+                result = await ingestor.export(request, principal=principal, transport="grpc")
+            except IngestError as err:
+                timer.failed(err)
+                await context.abort(err.status.grpc_code, err.message, trailing_metadata=error_trailers(err))
+                raise  # unreachable: abort raises
+            except Exception:
+                log.exception("OTLP/gRPC export failed")
+                failure = internal_error()
+                timer.failed(failure)
+                await context.abort(failure.status.grpc_code, failure.message, trailing_metadata=error_trailers(failure))
+                raise
+            response = ExportLogsServiceResponse()
+            if result.rejected:
+                response.partial_success.rejected_log_records = result.rejected
+                response.partial_success.error_message = result.message
+            timer.answered(result.rejected)
+            return response.SerializeToString()
 
     return export
 

@@ -19,6 +19,7 @@ from google.rpc import status_pb2
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 
 from otaudit_collector.core.errors import BadRequest, IngestError, PayloadTooLarge, UnsupportedMediaType, internal_error
+from otaudit_collector.metrics import RequestTimer
 from otaudit_collector.pipeline import ExportResult, Ingestor
 from otaudit_collector.receivers.auth import HTTP_HEADER, IngestAuth
 
@@ -44,6 +45,12 @@ def create_http_app(ingestor: Ingestor, *, max_request_bytes: int, auth: IngestA
 
 
 async def _logs(request: web.Request) -> web.StreamResponse:
+    ingestor = request.app[_INGESTOR]
+    with ingestor.metrics.request("http") as timer:
+        return await _export(request, ingestor, timer)
+
+
+async def _export(request: web.Request, ingestor: Ingestor, timer: RequestTimer) -> web.StreamResponse:
     as_json = request.content_type == JSON
     try:
         auth = request.app.get(_AUTH)
@@ -54,12 +61,16 @@ async def _logs(request: web.Request) -> web.StreamResponse:
         if encoding not in _ENCODINGS:
             raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported: send gzip or no encoding")
         body = await _read(request, encoding)
-        result = await request.app[_INGESTOR].export(body, as_json=as_json, principal=principal)
+        result = await ingestor.export(body, as_json=as_json, principal=principal, transport="http")
     except IngestError as err:
+        timer.failed(err)
         return _error(err, as_json)
     except Exception:
         log.exception("OTLP/HTTP export failed")
-        return _error(internal_error(), as_json)
+        failure = internal_error()
+        timer.failed(failure)
+        return _error(failure, as_json)
+    timer.answered(result.rejected)
     return _answer(result, as_json)
 
 

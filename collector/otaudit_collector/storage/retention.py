@@ -149,6 +149,11 @@ class RetentionReport:
     def rows_deleted(self) -> int:
         return sum(t.rows_deleted for t in self.tenants.values())
 
+    @property
+    def outcome(self) -> str:
+        """How the run ended, in a word: ``skipped``, ``stopped`` or ``done``."""
+        return "skipped" if self.skipped else "stopped" if self.stopped else "done"
+
     def as_json(self) -> dict[str, Any]:
         return {
             "dry_run": self.dry_run,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import cast
@@ -32,6 +33,7 @@ from psycopg import errors as pgerrors
 
 from otaudit_collector.core.errors import IngestError, Overloaded, Unavailable
 from otaudit_collector.core.prepare import EVENT_COLUMNS, Prepared
+from otaudit_collector.metrics import Metrics
 
 __all__ = ["Writer", "WriterStats", "is_retryable"]
 
@@ -100,6 +102,7 @@ class Writer:
         commit_timeout_seconds: float = 30.0,
         retry_after_seconds: float = 1.0,
         default_plan: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._conninfo = conninfo
         self._default_plan = default_plan
@@ -116,6 +119,10 @@ class Writer:
         self._closing = False
         self.available = False
         self.stats = WriterStats()
+        self._committing = False
+        self._metrics = metrics if metrics is not None else Metrics()
+        self._metrics.queued_records.set_function(lambda: self._pending_records)
+        self._metrics.watch_pool("writer", self.connection_stats)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -155,6 +162,13 @@ class Writer:
     @property
     def pending_records(self) -> int:
         return self._pending_records
+
+    def connection_stats(self) -> dict[str, int]:
+        """The writer's one connection in psycopg_pool's ``get_stats()`` terms, for the metrics:
+        used while a batch commits, and the requests waiting for their commit."""
+        open_ = int(self._conn is not None and not self._conn.closed)
+        idle = int(open_ and not self._committing)
+        return {"pool_max": 1, "pool_size": open_, "pool_available": idle, "requests_waiting": len(self._queue)}
 
     # -- the request side ------------------------------------------------------------
 
@@ -211,6 +225,8 @@ class Writer:
         return group
 
     async def _commit_group(self, group: list[_Pending]) -> None:
+        started = time.perf_counter()
+        self._committing = True
         try:
             new = await self._commit_with_retries([p.batch for p in group])
         except asyncio.CancelledError:  # the collector stops and cannot wait any longer
@@ -234,6 +250,10 @@ class Writer:
                 self.stats.failures += 1
                 self._settle(group, error=IngestError(f"storage refused the batch: {exc}"))
             return
+        finally:
+            self._committing = False
+        self._metrics.batch_commit_duration.observe(time.perf_counter() - started)
+        self._metrics.batch_size.observe(sum(p.size for p in group))
         self._settle(group, new=new)
 
     def _settle(self, group: list[_Pending], *, new: int = 0, error: IngestError | None = None) -> None:
@@ -314,10 +334,15 @@ class Writer:
                     [(r.tenant, r.category, r.event, list(r.reasons), r.resource, r.record, r.fingerprint) for r in rejects],
                 )
         stats = self.stats
+        duplicates = sum(len(b.lines) for b in batches) - len(keys)
         stats.transactions += 1
         stats.events_written += len(keys)
-        stats.duplicates += sum(len(b.lines) for b in batches) - len(keys)
+        stats.duplicates += duplicates
         stats.rejects_written += len(rejects)
+        metrics = self._metrics
+        metrics.records_accepted.inc(len(keys))
+        metrics.records_duplicates.inc(duplicates)
+        metrics.records_quarantined.inc(len(rejects))
         return len(keys)
 
     # -- connection ------------------------------------------------------------------
