@@ -251,7 +251,9 @@ def _export(args: argparse.Namespace) -> int:
     database = open_database(settings)
     try:
         apply_migrations(database.conninfo)
-        return export_from_database(settings, database.conninfo, args.tenant, fmt, args.bom, filters, args.output, progress)
+        return asyncio.run(
+            export_from_database(settings, database.conninfo, args.tenant, fmt, args.bom, filters, args.output, progress)
+        )
     finally:
         database.close()
 

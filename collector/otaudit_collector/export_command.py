@@ -9,7 +9,6 @@ Two ways in:
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import getpass
 import json
@@ -168,20 +167,7 @@ def export_via_api(
 # -- straight from the database ---------------------------------------------------------
 
 
-def export_from_database(
-    settings: Any,
-    conninfo: str,
-    tenant: str,
-    fmt: Format,
-    bom: bool,
-    filters: Mapping[str, list[str]],
-    output: str | None,
-    progress: Progress,
-) -> int:
-    return asyncio.run(_from_database(settings, conninfo, tenant, fmt, bom, filters, output, progress))
-
-
-async def _from_database(
+async def export_from_database(
     settings: Any,
     conninfo: str,
     tenant: str,

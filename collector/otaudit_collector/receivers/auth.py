@@ -34,7 +34,7 @@ import psycopg
 from otaudit_collector.core.errors import PermissionDenied, Unauthenticated, Unavailable
 from otaudit_collector.core.tokens import Principal, TokenCache, parse_token
 from otaudit_collector.storage.access import authenticate_async
-from otaudit_collector.storage.writer import is_retryable
+from otaudit_collector.storage.writer import close_quietly, is_retryable
 
 __all__ = ["IngestAuth", "LOOKUP_TIMEOUT_SECONDS", "GRPC_METADATA", "HTTP_HEADER"]
 
@@ -167,11 +167,7 @@ class IngestAuth:
 
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                await conn.close()
-            except Exception:  # noqa: BLE001 - it is being discarded
-                pass
+        await close_quietly(conn)
 
 
 def _bearer(value: str | None) -> str | None:

@@ -26,7 +26,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import psycopg
 from psycopg import errors as pgerrors
@@ -35,7 +35,7 @@ from otaudit_collector.core.errors import IngestError, Overloaded, Unavailable
 from otaudit_collector.core.prepare import EVENT_COLUMNS, Prepared
 from otaudit_collector.metrics import Metrics
 
-__all__ = ["Writer", "WriterStats", "is_retryable"]
+__all__ = ["Writer", "WriterStats", "close_quietly", "is_retryable"]
 
 log = logging.getLogger(__name__)
 
@@ -371,11 +371,7 @@ class Writer:
 
     async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                await conn.close()
-            except Exception:  # noqa: BLE001 - it is being discarded
-                pass
+        await close_quietly(conn)
 
     async def _reconnect_loop(self) -> None:
         await self._drop_connection()
@@ -390,3 +386,12 @@ class Writer:
                 self._fail_queued(self._unavailable())
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+
+async def close_quietly(conn: psycopg.AsyncConnection[Any] | None) -> None:
+    """Close a connection being discarded; it may already be broken."""
+    if conn is not None:
+        try:
+            await conn.close()
+        except Exception:  # noqa: BLE001 - it is being discarded
+            pass
