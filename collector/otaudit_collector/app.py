@@ -286,7 +286,7 @@ class Collector:
         await asyncio.gather(*receivers, return_exceptions=True)
         self.ingestor.close()
         await self.ingest_auth.close()
-        await self.writer.close(timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+        await self.writer.close(timeout=max(0.1, deadline - asyncio.get_running_loop().time()))
         if self._pool is not None:
             await self._pool.close()
         self._stopped.set()
