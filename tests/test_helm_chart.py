@@ -341,6 +341,16 @@ def test_checksum_annotation_follows_the_configuration(chart: helm.Chart) -> Non
     assert rotated["checksum/config"] == before["checksum/config"]
     existing = annotations({"existingSecret": {"name": "mine"}})
     assert "checksum/secret" not in existing  # the chart cannot see an existing Secret
+    assert {k: v for k, v in before.items() if k.startswith("prometheus.io/")} == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "4319",
+        "prometheus.io/path": "/metrics",
+    }
+    moved = annotations(merged(MINIMAL, {"config": {"listen": {"api_port": 9464}}}))
+    assert moved["prometheus.io/port"] == "9464", "the port scraped is the API port the collector listens on"
+    assert not any(
+        k.startswith("prometheus.io/") for k in annotations(merged(MINIMAL, {"metrics": {"scrapeAnnotations": False}}))
+    )
 
 
 def test_termination_grace_always_exceeds_the_drain(chart: helm.Chart) -> None:

@@ -247,6 +247,12 @@ checksum/config: {{ include "otaudit.configMap" . | sha256sum }}
 {{- if and (not .Values.existingSecret.name) (include "otaudit.secretName" .) }}
 checksum/secret: {{ include "otaudit.secret" . | sha256sum }}
 {{- end }}
+{{- /* Not on a sidecar: the pod is the service's, and its own metrics may own these annotations. */}}
+{{- if and .Values.metrics.scrapeAnnotations (eq .Values.mode "deployment") }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ include "otaudit.config" . | fromYaml | dig "listen" "api_port" 4319 | int | quote }}
+prometheus.io/path: /metrics
+{{- end }}
 {{- end }}
 
 {{/* The collector's container; in mode sidecar, the sidecar (see _sidecar.tpl). */}}
