@@ -277,6 +277,8 @@ class Collector:
         self._retention_stop.set()
         for task in self._tasks:
             task.cancel()
+        if self._tasks:  # let them unwind (an export job closes its connections) rather than vanish with the loop
+            await asyncio.wait(self._tasks, timeout=max(0.1, deadline - asyncio.get_running_loop().time()))
         receivers = []
         if self._grpc is not None:
             receivers.append(self._grpc.stop(grace_seconds))
