@@ -313,6 +313,33 @@ def test_a_failed_job_says_why(db: str) -> None:
         collector.stop()
 
 
+def test_an_export_the_trail_cannot_record_is_not_handed_out(db: str) -> None:
+    """Every export is in the trail: when its exportView event cannot be stored (ingest
+    saturated here), a streamed export is cut short and a job fails, saying why."""
+    collector = RunningCollector(settings_for(db, {("exports", "poll_seconds"): 0.05}))
+    try:
+        send(collector.grpc_target, [(ROLE, time.time_ns() - i * 10**9) for i in range(5)])
+        api = Api(collector.api_url, token(db, "acme"))
+        api.ok("/v1/whoami")  # the API session is open and recorded
+        ingestor = collector.collector.ingestor
+        ingestor.in_flight = 10**6  # as if the collector were saturated with ingest requests
+        try:
+            with pytest.raises(requests.exceptions.ChunkedEncodingError):
+                requests.get(collector.api_url + "/v1/export", params={"format": "csv"}, headers=api.headers, timeout=30)
+            job = requests.post(collector.api_url + "/v1/exports", json={"format": "csv"}, headers=api.headers, timeout=30)
+            assert job.status_code == 202
+            job_id = job.json()["id"]
+            wait_until(lambda: api.ok(f"/v1/exports/{job_id}")["state"] == "failed", 30, "the job to fail")
+            ended = api.ok(f"/v1/exports/{job_id}")
+        finally:
+            ingestor.in_flight = 0
+        assert ended["state"] == "failed" and ended["download_url"] is None
+        assert "could not be recorded in the audit trail" in ended["error"]
+        assert not [e for e in api.ok("/v1/events", event="exportView")["events"] if e["outcome"] == "success"]
+    finally:
+        collector.stop()
+
+
 def test_bad_export_job_requests(trail: dict[str, Any]) -> None:
     collector: RunningCollector = trail["collector"]
     api: Api = trail["admin"]

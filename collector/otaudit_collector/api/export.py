@@ -17,13 +17,14 @@ import datetime as dt
 import json
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 from aiohttp import web
 
-from otaudit_collector.api.reads import READS, error, plan_of, principal_of, readable_categories
+from otaudit_collector.api.reads import READS, error, iso, plan_filters, principal_of
 from otaudit_collector.core.export import (
     FILTER_PARAMETERS,
     FORMATS,
@@ -33,7 +34,6 @@ from otaudit_collector.core.export import (
     format_named,
     sign_download,
 )
-from otaudit_collector.core.plans import clamp_since
 from otaudit_collector.core.query import BadFilter, parse_filters, where_sql
 from otaudit_collector.core.tokens import Principal
 from otaudit_collector.metrics import Metrics
@@ -104,19 +104,10 @@ def _query_filters(request: web.Request) -> dict[str, list[str]]:
 def _resolve(request: web.Request, params: dict[str, list[str]]) -> tuple[list[str] | None, dict[str, list[str]], str | None]:
     """Check the filters against the plan: (categories, the filters with since clamped, the clamp notice)."""
     filters = parse_filters(params)
-    plan = plan_of(request)
-    categories = readable_categories(request, plan, filters.categories)
-    asked = filters.since
-    filters.since, clamped = clamp_since(filters.since, plan, dt.datetime.now(dt.UTC))
+    _plan, categories, notice = plan_filters(request, filters)
     effective = dict(params)
-    notice = None
     if filters.since is not None:
         effective["since"] = [filters.since.isoformat()]  # q's time:> terms can only narrow it further
-        if clamped and asked is not None:
-            notice = (
-                f"since {asked.isoformat()} is before the '{plan.name}' plan's query window of"
-                f" {plan.query_window_days} days; events from {filters.since.isoformat()} on are exported"
-            )
     return categories, effective, notice
 
 
@@ -165,7 +156,9 @@ async def _export(request: web.Request) -> web.StreamResponse:
 
         async def failed(reason: str) -> None:
             streams.labels("failure").inc()
-            await asyncio.shield(audit_export(ctx.audit, access, fmt, params, rows, "failure", reason, job_id=None))
+            await asyncio.shield(
+                _audit_failure(audit_export(ctx.audit, access, fmt, params, rows, "failure", reason, job_id=None))
+            )
 
         async with conn:
             try:
@@ -178,8 +171,14 @@ async def _export(request: web.Request) -> web.StreamResponse:
                 log.error("export failed after the response began; the download is cut short", extra={"error": str(exc)})
                 await failed(f"the database failed during the export: {exc}")
                 raise
-        # Recorded before the response ends: whoever has the whole file can already see the export in the trail.
-        await audit_export(ctx.audit, access, fmt, params, rows, "success", None, job_id=None)
+        # Recorded before the response ends: whoever has the whole file can already see the export in the
+        # trail. An export that cannot be recorded is cut short (no final chunk), so no client takes it as whole.
+        try:
+            await audit_export(ctx.audit, access, fmt, params, rows, "success", None, job_id=None)
+        except Exception:
+            log.exception("export not recorded in the audit trail; the download is cut short")
+            streams.labels("failure").inc()
+            raise
         streams.labels("success").inc()
         ctx.metrics.export_rows.labels("stream").inc(rows)
         await response.write_eof()
@@ -211,26 +210,27 @@ async def audit_export(
         details["query"] = " ".join(params["q"])
     if job_id:
         details["job_id"] = job_id
+    await audit.record(
+        event="exportView",
+        category="data_extraction",
+        access=access,
+        outcome=outcome,
+        target={"type": "view", "id": "audit-trail", "name": "otaudit audit trail"},
+        details=details,
+        reason=reason,
+        message=f"exported {rows} audit events as {fmt.name}",
+    )
+
+
+async def _audit_failure(record: Awaitable[None]) -> None:
+    """Record a failed export, best effort: the export is already lost, and its own error comes first."""
     try:
-        await audit.record(
-            event="exportView",
-            category="data_extraction",
-            access=access,
-            outcome=outcome,
-            target={"type": "view", "id": "audit-trail", "name": "otaudit audit trail"},
-            details=details,
-            reason=reason,
-            message=f"exported {rows} audit events as {fmt.name}",
-        )
+        await record
     except Exception:
-        log.exception("could not record the export in the audit trail")
+        log.exception("could not record the failed export in the audit trail")
 
 
 # -- jobs ------------------------------------------------------------------------------
-
-
-def _iso(when: dt.datetime | None) -> str | None:
-    return None if when is None else when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def job_view(ctx: ExportContext, job: dict[str, Any], now: float) -> dict[str, Any]:
@@ -255,11 +255,11 @@ def job_view(ctx: ExportContext, job: dict[str, Any], now: float) -> dict[str, A
         "total": total,
         "progress": progress,
         "bytes": job["bytes"],
-        "created_at": _iso(job["created_at"]),
-        "finished_at": _iso(job["finished_at"]),
+        "created_at": iso(job["created_at"]),
+        "finished_at": iso(job["finished_at"]) if job["finished_at"] else None,
         "error": job["error"],
         "download_url": url,
-        "expires_at": _iso(dt.datetime.fromtimestamp(expires, dt.UTC)) if expires else None,
+        "expires_at": iso(dt.datetime.fromtimestamp(expires, dt.UTC)) if expires else None,
     }
 
 
@@ -393,7 +393,7 @@ class ExportRunner:
                 message = f"gave up after {store.MAX_ATTEMPTS} attempts: the collector running it stopped each time"
                 await store.fail_job(conn, job["id"], message)
                 metrics.export_jobs_finished.labels("failed").inc()
-                await self._audit(job, principal, 0, "failure", message)
+                await _audit_failure(self._audit(job, principal, 0, "failure", message))
                 return True
         log.info("export job %s: running (attempt %d)", job["id"], job["attempts"])
         try:
@@ -407,12 +407,21 @@ class ExportRunner:
         except Exception as exc:
             log.exception("export job %s failed", job["id"])
             metrics.export_jobs_finished.labels("failed").inc()
-            await self._audit(job, principal, 0, "failure", f"{type(exc).__name__}: {exc}")
+            await _audit_failure(self._audit(job, principal, 0, "failure", f"{type(exc).__name__}: {exc}"))
+            return True
+        try:
+            await self._audit(job, principal, rows, "success", None)
+        except Exception as exc:  # an export the trail does not show is not handed out
+            log.exception("export job %s: not recorded in the audit trail; failing it", job["id"])
+            async with await psycopg.AsyncConnection.connect(self.ctx.conninfo, autocommit=True) as conn:
+                await store.fail_job(
+                    conn, job["id"], f"the export could not be recorded in the audit trail ({exc}); make it again"
+                )
+            metrics.export_jobs_finished.labels("failed").inc()
             return True
         log.info("export job %s: done, %d rows", job["id"], rows)
         metrics.export_jobs_finished.labels("done").inc()
         metrics.export_rows.labels("job").inc(rows)
-        await self._audit(job, principal, rows, "success", None)
         return True
 
     async def _audit(self, job: dict[str, Any], principal: Principal, rows: int, outcome: str, reason: str | None) -> None:

@@ -23,7 +23,7 @@ from otaudit_collector.core.catalog import CatalogSet
 from otaudit_collector.core.errors import IngestError
 from otaudit_collector.core.plans import Plan, PlanForbids, allowed_categories, check_readable, clamp_since, upgrade_for
 from otaudit_collector.core.query import DOCUMENT_SQL, MAX_LIMIT, BadFilter, Filters, encode_cursor, events_sql, parse_filters
-from otaudit_collector.core.tokens import Principal, TokenCache
+from otaudit_collector.core.tokens import Principal, TokenCache, bearer_credential
 from otaudit_collector.selfaudit import Access, Sessions
 from otaudit_collector.storage.access import authenticate_async
 
@@ -33,7 +33,9 @@ __all__ = [
     "add_read_routes",
     "auth_middleware",
     "error",
+    "iso",
     "principal_of",
+    "plan_filters",
     "plan_of",
     "readable_categories",
 ]
@@ -88,12 +90,11 @@ async def auth_middleware(
 async def _authenticated(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    header = request.headers.get("Authorization", "")
-    scheme, _, text = header.partition(" ")
-    if scheme.lower() != "bearer" or not text.strip():
+    token = bearer_credential(request.headers.get("Authorization"))
+    if token is None:
         return error(401, "unauthorized", "send 'Authorization: Bearer <token>'", **{"WWW-Authenticate": "Bearer"})
     ctx = request.app[READS]
-    principal = await _authenticate(ctx, text.strip())
+    principal = await _authenticate(ctx, token)
     if principal is None:
         return error(401, "unauthorized", "the token is unknown or revoked", **{"WWW-Authenticate": "Bearer"})
     if principal.role == "ingest":
@@ -162,6 +163,22 @@ def readable_categories(request: web.Request, plan: Plan, requested: list[str]) 
     return allowed_categories(plan, ctx.plans, ctx.catalogs().categories, requested)
 
 
+def plan_filters(request: web.Request, filters: Filters) -> tuple[Plan, list[str] | None, str | None]:
+    """Check ``filters`` against the caller's plan: (the plan, the categories to read, a
+    notice when ``filters.since`` was moved to the start of the plan's query window)."""
+    plan = plan_of(request)
+    categories = readable_categories(request, plan, filters.categories)
+    asked = filters.since
+    filters.since, clamped = clamp_since(filters.since, plan, dt.datetime.now(dt.UTC))
+    notice = None
+    if clamped and asked is not None and filters.since is not None:
+        notice = (
+            f"since {iso(asked)} is before the '{plan.name}' plan's query window of {plan.query_window_days} days;"
+            f" only events from {iso(filters.since)} on are included"
+        )
+    return plan, categories, notice
+
+
 def _events_answer(documents: list[str], **fields: Any) -> web.Response:
     """``{"events": [...], **fields}``, the events spliced in as PostgreSQL wrote them (no parse, no re-encode)."""
     rest = json.dumps(fields, separators=(",", ":"))
@@ -169,7 +186,7 @@ def _events_answer(documents: list[str], **fields: Any) -> web.Response:
     return web.Response(text=body, content_type="application/json")
 
 
-def _iso(when: dt.datetime) -> str:
+def iso(when: dt.datetime) -> str:
     return when.astimezone(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
@@ -177,20 +194,14 @@ async def _events(request: web.Request) -> web.Response:
     ctx = request.app[READS]
     principal = request[_PRINCIPAL]
     filters = parse_filters({key: request.query.getall(key) for key in request.query})
-    plan = plan_of(request)
-    categories = readable_categories(request, plan, filters.categories)
-    asked_since = filters.since
-    filters.since, clamped = clamp_since(filters.since, plan, dt.datetime.now(dt.UTC))
+    plan, categories, notice = plan_filters(request, filters)
     rows = await _page(ctx, principal.tenant, categories, filters)
     cursor = encode_cursor(rows[-1][0], rows[-1][1]) if len(rows) == filters.limit else None
     answer: dict[str, Any] = {"next_cursor": cursor, "plan": plan.name}
     if filters.since is not None:
-        answer["since"] = _iso(filters.since)
-    if clamped and asked_since is not None and filters.since is not None:
-        answer["since_clamped"] = (
-            f"since {_iso(asked_since)} is before the '{plan.name}' plan's query window of {plan.query_window_days} days;"
-            f" events from {_iso(filters.since)} on are returned"
-        )
+        answer["since"] = iso(filters.since)
+    if notice:
+        answer["since_clamped"] = notice
     return _events_answer([r[2] for r in rows], **answer)
 
 

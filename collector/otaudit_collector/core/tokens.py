@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["ROLES", "Principal", "TokenCache", "new_token", "parse_token", "secret_hash", "secret_matches"]
+__all__ = ["ROLES", "Principal", "TokenCache", "bearer_credential", "new_token", "parse_token", "secret_hash", "secret_matches"]
 
 ROLES: Final = ("admin", "auditor", "ingest")
 
@@ -40,6 +40,14 @@ def new_token() -> tuple[str, str, str]:
     token_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     return token_id, secret, f"otaudit_{token_id}_{secret}"
+
+
+def bearer_credential(authorization: str | None) -> str | None:
+    """The credential of an ``authorization`` value ``Bearer <credential>``; None when there is none."""
+    scheme, _, credential = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return credential.strip() or None
 
 
 def parse_token(text: str) -> tuple[str, str] | None:

@@ -32,7 +32,7 @@ from typing import Any
 import psycopg
 
 from otaudit_collector.core.errors import PermissionDenied, Unauthenticated, Unavailable
-from otaudit_collector.core.tokens import Principal, TokenCache, parse_token
+from otaudit_collector.core.tokens import Principal, TokenCache, bearer_credential, parse_token
 from otaudit_collector.storage.access import authenticate_async
 from otaudit_collector.storage.writer import close_quietly, is_retryable
 
@@ -93,7 +93,7 @@ class IngestAuth:
 
     async def check(self, authorization: str | None, *, via: str) -> Principal | None:
         """The principal a request acts for. ``via`` says where the client sends the token, for the messages."""
-        credential = _bearer(authorization)
+        credential = bearer_credential(authorization)
         if credential is None or not credential.startswith(_PREFIX):
             if not self.required:
                 return None
@@ -168,11 +168,3 @@ class IngestAuth:
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None
         await close_quietly(conn)
-
-
-def _bearer(value: str | None) -> str | None:
-    """The credential of ``Bearer <credential>``; None when there is none."""
-    scheme, _, credential = (value or "").strip().partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    return credential.strip() or None
