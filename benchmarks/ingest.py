@@ -30,7 +30,6 @@ import platform
 import queue
 import random
 import re
-import resource
 import shutil
 import signal
 import subprocess
@@ -47,6 +46,7 @@ from typing import Any
 import grpc
 import psutil
 import psycopg
+from _measure import git_commit, postgres_cpu_seconds, proc_cpu_seconds, say, self_cpu_seconds
 from google.rpc import error_details_pb2
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest, ExportLogsServiceResponse
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
@@ -71,11 +71,6 @@ GOAL_CPU_US = 30.0
 NOISY_CORES = 0.25  # other processes' CPU during a timed phase above which the report warns
 COLLECTOR_DB = "otaudit_bench_collector"
 COPY_DBS = ("otaudit_bench_copy_before", "otaudit_bench_copy_after")
-
-
-def say(*parts: object) -> None:
-    """Progress, on stderr (stdout carries the report, or the JSON line with --json)."""
-    print(*parts, file=sys.stderr, flush=True)
 
 
 class BenchmarkError(Exception):
@@ -510,16 +505,6 @@ def settle(uri: str, conninfo: str) -> None:
 # CPU accounting
 # ---------------------------------------------------------------------------------------
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of one process (all its threads), from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of the whole line
-
 
 def tree_cpu_seconds(pid: int) -> float:
     """A process and its live descendants (the collector spawns none today)."""
@@ -533,29 +518,6 @@ def tree_cpu_seconds(pid: int) -> float:
     except psutil.Error:
         pass
     return total
-
-
-def postgres_cpu_seconds(postmaster_pid: int) -> float:
-    """All of PostgreSQL: the postmaster, its live children (backends, walwriter,
-    checkpointer, autovacuum ...) and the children it has already reaped."""
-    try:
-        master = psutil.Process(postmaster_pid)
-        t = master.cpu_times()
-        total = t.user + t.system + t.children_user + t.children_system
-        for child in master.children():
-            try:
-                c = child.cpu_times()
-                total += c.user + c.system
-            except psutil.Error:
-                pass
-        return total
-    except psutil.Error:
-        return float("nan")
-
-
-def self_cpu_seconds() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
 
 
 @dataclass
@@ -858,26 +820,6 @@ def summarize_profile(path: Path, records: int, cpu_us_per_event: float, top: in
 # ---------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------
-
-
-def git_commit() -> str:
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], check=False, cwd=REPO, capture_output=True, text=True, timeout=10
-        )
-        if head.returncode != 0:
-            return "unknown"
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            check=False,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def percentile(values: list[float], p: float) -> float:

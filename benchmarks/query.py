@@ -32,7 +32,6 @@ import platform
 import queue
 import random
 import re
-import resource
 import shutil
 import signal
 import statistics
@@ -50,6 +49,7 @@ from typing import Any
 
 import psutil
 import psycopg
+from _measure import git_commit, postgres_cpu_seconds, proc_cpu_seconds, say, self_cpu_seconds
 from psycopg import sql as pgsql
 from psycopg.conninfo import make_conninfo
 
@@ -103,11 +103,6 @@ WORDS = ["servers", "laptops", "databases", "printers", "routers", "kiosks", "bu
 PODS = ["7d9f8-x2k4q", "7d9f8-m3n8z", "5c6b4-p9q2w"]
 FAILURES = ["validation failed: name already in use", "upstream timeout", "conflict: object was modified"]
 DENIALS = ["missing permission users:write", "outside the actor's scope"]
-
-
-def say(*parts: object) -> None:
-    """Progress, on stderr (stdout carries the report, or the JSON line with --json)."""
-    print(*parts, file=sys.stderr, flush=True)
 
 
 class BenchmarkError(Exception):
@@ -536,39 +531,6 @@ def check_dataset(conninfo: str, data: Dataset, sample: int = 2000) -> list[str]
 # ---------------------------------------------------------------------------------------
 # CPU and memory accounting
 # ---------------------------------------------------------------------------------------
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def postgres_cpu_seconds(postmaster_pid: int | None) -> float:
-    """All of PostgreSQL: the postmaster, its live children and those already reaped."""
-    if postmaster_pid is None:
-        return float("nan")
-    try:
-        master = psutil.Process(postmaster_pid)
-        t = master.cpu_times()
-        total = t.user + t.system + t.children_user + t.children_system
-        for child in master.children():
-            try:
-                c = child.cpu_times()
-                total += c.user + c.system
-            except psutil.Error:
-                pass
-        return total
-    except psutil.Error:
-        return float("nan")
-
-
-def self_cpu_seconds() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
 
 
 @dataclass
@@ -1096,14 +1058,6 @@ def measure_export(
 # ---------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------
-
-
-def git_commit() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False).stdout.strip()
-
-    dirty = git("status", "--porcelain")
-    return (git("rev-parse", "--short", "HEAD") or "unknown") + ("+uncommitted" if dirty else "")
 
 
 def newest(conninfo: str, tenant: str, offset: int) -> dt.datetime:
