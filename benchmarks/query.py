@@ -506,9 +506,9 @@ def check_dataset(conninfo: str, data: Dataset, sample: int = 2000) -> list[str]
             (min(100.0, 100.0 * sample / data.events * 2), sample),
         ).fetchall()
     for tenant, eid, category, event, outcome, actor_id, email, ttype, tid, occurred, doc in rows:
-        found = catalogs.check(dict(doc))
-        if found:
-            problems.append(f"{category}/{event} {eid}: {'; '.join(found)}")
+        refusal = catalogs.check(dict(doc))
+        if refusal is not None:
+            problems.append(f"{category}/{event} {eid}: {'; '.join(refusal.problems)}")
         columns = (tenant, eid, category, event, outcome, actor_id, email, ttype, tid)
         from_doc = (
             doc["tenant"],

@@ -27,6 +27,7 @@ __all__ = [
     "CatalogError",
     "CatalogSet",
     "Problem",
+    "Refusal",
     "lint_catalogs",
     "load_catalogs",
     "bundled_catalog_dirs",
@@ -84,10 +85,10 @@ class CatalogSet:
     by_event: dict[str, list[str]] = field(repr=False)
     fingerprint: str = ""
 
-    def check(self, doc: dict[str, Any]) -> list[str]:
+    def check(self, doc: dict[str, Any]) -> Refusal | None:
         """Validate a normalized event; fill in its category when the event name implies it.
 
-        Returns the problems, each naming where in the event it is; empty when valid.
+        None when valid; else why, as a reason word and problems naming where in the event.
         """
         event = doc.get("event")
         category = doc.get("category")
@@ -96,30 +97,44 @@ class CatalogSet:
             if len(owners) == 1:
                 category = doc["category"] = owners[0]
             elif owners:
-                return [
-                    f"event '{event}' is defined in several categories ({', '.join(owners)}): set the attribute 'audit.category'"
-                ]
+                return Refusal(
+                    "ambiguous_event",
+                    [
+                        f"event '{event}' is defined in several categories ({', '.join(owners)}): set the attribute 'audit.category'"
+                    ],
+                )
             else:
-                return [f"event '{event}' is in no loaded catalog, and the record sets no 'audit.category'"]
+                return Refusal(
+                    "unknown_event", [f"event '{event}' is in no loaded catalog, and the record sets no 'audit.category'"]
+                )
         validator = self.validators.get((category, event))  # type: ignore[arg-type]
         if validator is None:
             if category not in self.categories:
                 known = ", ".join(sorted(self.categories)) or "none"
-                return [f"category '{category}' is not loaded (loaded categories: {known})"]
+                return Refusal("unknown_category", [f"category '{category}' is not loaded (loaded categories: {known})"])
             hint = ""
             elsewhere = self.by_event.get(str(event))
             if elsewhere:
                 hint = f"; it is defined in {', '.join(elsewhere)}"
-            return [f"event '{event}' is not in the catalog of category '{category}'{hint}"]
+            return Refusal("unknown_event", [f"event '{event}' is not in the catalog of category '{category}'{hint}"])
         if validator.is_valid(doc):
-            return []
+            return None
         problems = []
         for error in validator.iter_errors(doc):
             where = "/" + "/".join(str(part) for part in error.instance_path)
             problems.append(f"{where}: {error.message}")
             if len(problems) >= _MAX_ERRORS_PER_EVENT:
                 break
-        return problems or ["the event does not satisfy its schema"]
+        return Refusal("schema", problems or ["the event does not satisfy its schema"])
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why the catalogs refused an event: ``reason`` in a word (ambiguous_event, unknown_event,
+    unknown_category, schema), ``problems`` for the client."""
+
+    reason: str
+    problems: list[str]
 
 
 def bundled_catalog_dirs(packs: Iterable[str] = (), *, defaults: bool = True) -> list[Path]:

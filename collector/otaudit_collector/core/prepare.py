@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from otaudit_collector.core.catalog import CatalogSet
+from otaudit_collector.core.catalog import CatalogSet, Refusal
 from otaudit_collector.core.normalize import Candidate, iso_from_ns, iter_strings, storable
 from otaudit_collector.core.otlp_model import encode_resource
 
@@ -118,25 +118,23 @@ def prepare(candidates: list[Candidate], catalogs: CatalogSet, received_ns: int,
         doc = cand.doc
         kind = "undecodable" if cand.record is None else "invalid_record"
         if doc is not None and not cand.errors:
-            problems = catalogs.check(doc)
-            if not problems:
+            refusal = catalogs.check(doc)
+            if refusal is None:
                 try:
                     text = _dumps(doc)
                 except (TypeError, ValueError):  # bytes or a non-finite double: make it storable, check again
                     cand.doc = doc = storable(doc)
-                    problems = catalogs.check(doc)
+                    refusal = catalogs.check(doc)
                     text = _dumps(doc)
-            if not problems:
+            if refusal is None:
                 line, problem = _line(doc, text, received)
                 if line is not None:
                     out.lines.append(line)
                     out.keys.append((doc["tenant"], doc["id"], doc["occurred_at"]))
                     continue
-                problems = [problem]
-                kind = "too_large" if len(text) > MAX_EVENT_BYTES else "unstorable"
-            else:
-                kind = _catalog_reason(doc, catalogs)
-            cand.errors.extend(problems)
+                refusal = Refusal("too_large" if len(text) > MAX_EVENT_BYTES else "unstorable", [problem])
+            kind = refusal.reason
+            cand.errors.extend(refusal.problems)
         out.rejects.append(_reject(cand, tenant if tenant is not None and claimed_tenant(cand) is None else None))
         out.messages.append(_describe(index, cand))
         out.reasons.append((_loaded_category(cand.doc, catalogs), kind))
@@ -146,18 +144,6 @@ def prepare(candidates: list[Candidate], catalogs: CatalogSet, received_ns: int,
 def _loaded_category(doc: dict[str, Any] | None, catalogs: CatalogSet) -> str | None:
     category = doc.get("category") if doc is not None else None
     return category if isinstance(category, str) and category in catalogs.categories else None
-
-
-def _catalog_reason(doc: dict[str, Any], catalogs: CatalogSet) -> str:
-    """The REJECT_REASONS word for an event ``catalogs.check`` refused (after it filled in an implied category)."""
-    category, event = doc.get("category"), doc.get("event")
-    if not category:
-        return "ambiguous_event" if catalogs.by_event.get(str(event)) else "unknown_event"
-    if category not in catalogs.categories:
-        return "unknown_category"
-    if (category, event) not in catalogs.validators:
-        return "unknown_event"
-    return "schema"
 
 
 def claimed_tenant(cand: Candidate) -> str | None:
