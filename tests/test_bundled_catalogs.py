@@ -7,8 +7,10 @@ Checks, with jsonschema and the standard library only:
 - every example validates against its composed schema (with format checking) and names
   the category and event it is declared under;
 - negative controls: events that break a fragment's rules are rejected;
-- the bundled catalogs carry every category and event of the reference page
-  (shared/reference/000_91060889fd488319.txt, beside the repository).
+- the bundled catalogs carry every category and event of the reference page (the asset
+  site's audit-trail page; its event list is carried as facts in
+  tests/data/reference_asset_site_events.json, so the tests read nothing outside the
+  repository).
 """
 
 from __future__ import annotations
@@ -28,9 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 CATALOGS = REPO / "catalogs"
 SCHEMAS = CATALOGS / "schema"
 EXAMPLE_PACKS = CATALOGS / "examples"
-# In CI the repository is cloned with shared/ beside it: <repo>/../shared/reference/.
-REFERENCE_DIR = REPO.parent / "shared" / "reference"
-REFERENCE_PAGE = "000_91060889fd488319.txt"
+REFERENCE_EVENTS = Path(__file__).resolve().parent / "data" / "reference_asset_site_events.json"
 
 BUNDLED = (
     "site_access",
@@ -309,39 +309,13 @@ def test_every_bundled_category_has_negative_controls() -> None:
 # ---------------------------------------------------------------- (e) coverage of the reference
 
 
-def _category_id(heading: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", heading.lower()).strip("_")
-
-
 def reference_events() -> dict[str, list[tuple[str, str, str | None]]]:
-    """{category: [(event, description, variant)]} from the tables under each '### <Category>'."""
-    page = REFERENCE_DIR / REFERENCE_PAGE
-    if not page.is_file():
-        pytest.fail(
-            f"reference page {page} is missing: the tests expect the shared/ folder beside the repository "
-            f"({REPO.parent / 'shared'}), as CI clones it",
-            pytrace=False,
-        )
-    sections: dict[str, list[tuple[str, str, str | None]]] = {}
-    current: str | None = None
-    for line in page.read_text(encoding="utf-8").splitlines():
-        heading = re.match(r"^(#+)\s+(.*?)\s*$", line)
-        if heading:
-            current = _category_id(heading.group(2)) if len(heading.group(1)) == 3 else None
-            if current:
-                sections[current] = []
-            continue
-        if current is None or not line.lstrip().startswith("|"):
-            continue
-        cells = [cell.strip().strip("*").strip() for cell in line.strip().strip("|").split("|")]
-        if len(cells) < 2 or not cells[0] or set(cells[0]) <= set("-: ") or cells[0].lower() == "endpoint":
-            continue
-        name, variant = cells[0], None
-        match = re.fullmatch(r"(.+?)\s+\((UI|API)\)", name)
-        if match:
-            name, variant = match.group(1), match.group(2).lower()
-        sections[current].append((name, cells[1], variant))
-    return sections
+    """{category: [(event, description, variant)]}: the reference page's tables, as test data."""
+    doc = json.loads(REFERENCE_EVENTS.read_text(encoding="utf-8"))
+    return {
+        category: [(row["event"], row["description"], row.get("variant")) for row in rows]
+        for category, rows in doc["categories"].items()
+    }
 
 
 def test_reference_categories_are_the_bundled_ones() -> None:
