@@ -3,14 +3,22 @@
 Replay validates each open reject again with the catalogs in force now and stores those
 that pass through the same writer as live traffic. Storage is idempotent, so a replay
 interrupted between storing an event and marking its reject is safe to run again.
+
+It applies the ingest's tenant rule too: a reject sent with an ingest token (``token_id``,
+``token_tenant``) that names another tenant than its token's stays in quarantine, one that
+names none gets the token's. A reject's bytes are decoded as they were kept
+(``record_encoding``): a LogRecord message, or an OTLP/JSON record object (one that came as
+JSON and could not be decoded), which goes through the JSON decoder.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import psycopg
 from google.protobuf.message import DecodeError
@@ -19,8 +27,9 @@ from otaudit_collector.app import catalog_dirs, ensure_partitions, policy_from
 from otaudit_collector.config import Settings
 from otaudit_collector.core.catalog import CatalogSet, load_catalogs
 from otaudit_collector.core.errors import BadRequest
-from otaudit_collector.core.normalize import Policy, normalize_request
-from otaudit_collector.core.otlp_model import wrap_record
+from otaudit_collector.core.normalize import Policy, normalize_request, storable_text
+from otaudit_collector.core.otlp_json import decode_json
+from otaudit_collector.core.otlp_model import DecodedRequest, wrap_record
 from otaudit_collector.core.otlp_proto import decode_protobuf
 from otaudit_collector.core.prepare import Prepared, prepare
 from otaudit_collector.storage.database import open_database
@@ -36,14 +45,14 @@ def list_command(settings: Settings, *, tenant: str | None, limit: int, include_
         apply_migrations(database.conninfo)
         with psycopg.connect(database.conninfo) as conn:
             rows = conn.execute(
-                "SELECT id, received_at, tenant, category, event, reasons, replayed_at, replayed_event_id FROM rejects"
+                "SELECT id, received_at, tenant, category, event, reasons, replayed_at, replayed_event_id, token_id FROM rejects"
                 " WHERE (%(tenant)s::text IS NULL OR tenant = %(tenant)s) AND (%(all)s OR replayed_at IS NULL)"
                 " ORDER BY id LIMIT %(limit)s",
                 {"tenant": tenant, "all": include_replayed, "limit": limit},
             ).fetchall()
     finally:
         database.close()
-    for rid, received, rtenant, category, event, reasons, replayed_at, replayed_id in rows:
+    for rid, received, rtenant, category, event, reasons, replayed_at, replayed_id, token_id in rows:
         if as_json:
             print(
                 json.dumps(
@@ -56,12 +65,14 @@ def list_command(settings: Settings, *, tenant: str | None, limit: int, include_
                         "reasons": reasons,
                         "replayed_at": replayed_at.isoformat() if replayed_at else None,
                         "replayed_event_id": replayed_id,
+                        "token_id": token_id,
                     }
                 )
             )
         else:
             state = f" [replayed as {replayed_id}]" if replayed_at else ""
-            print(f"#{rid} {received:%Y-%m-%d %H:%M:%S} tenant={rtenant or '-'} {category or '-'}/{event or '-'}{state}")
+            sender = f" token={token_id}" if token_id else ""
+            print(f"#{rid} {received:%Y-%m-%d %H:%M:%S} tenant={rtenant or '-'}{sender} {category or '-'}/{event or '-'}{state}")
             for reason in reasons:
                 print(f"    {reason}")
     if not as_json:
@@ -84,7 +95,7 @@ async def _replay(settings: Settings, conninfo: str, ids: list[int], dry_run: bo
     policy = policy_from(settings)
     async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
         cur = await conn.execute(
-            "SELECT id, received_at, resource, record FROM rejects WHERE replayed_at IS NULL"
+            "SELECT id, received_at, resource, record, record_encoding, token_tenant FROM rejects WHERE replayed_at IS NULL"
             " AND (cardinality(%s::bigint[]) = 0 OR id = ANY(%s::bigint[])) ORDER BY id",
             (ids, ids),
         )
@@ -93,11 +104,17 @@ async def _replay(settings: Settings, conninfo: str, ids: list[int], dry_run: bo
         await writer.start()
         stored = still = 0
         try:
-            for rid, received_at, resource_bytes, record_bytes in rows:
-                outcome = _revalidate(catalogs, policy, received_at, bytes(resource_bytes), bytes(record_bytes))
+            for rid, received_at, resource_bytes, record_bytes, encoding, token_tenant in rows:
+                stored_record = _Stored(bytes(resource_bytes), bytes(record_bytes), encoding, token_tenant)
+                outcome = _revalidate(catalogs, policy, received_at, stored_record)
                 if isinstance(outcome, str):
                     still += 1
                     print(f"#{rid} still rejected: {outcome}")
+                    if not dry_run:  # the list then says why it is still there
+                        await conn.execute(
+                            "UPDATE rejects SET reasons = reasons || %s::text WHERE id = %s AND NOT %s::text = ANY(reasons)",
+                            (storable_text(outcome), rid, storable_text(outcome)),
+                        )
                     continue
                 event_id, prepared = outcome
                 if not dry_run:
@@ -113,22 +130,52 @@ async def _replay(settings: Settings, conninfo: str, ids: list[int], dry_run: bo
     return 0 if still == 0 else 1
 
 
-def _revalidate(
-    catalogs: CatalogSet, policy: Policy, received_at: datetime, resource_bytes: bytes, record_bytes: bytes
-) -> str | tuple[str, Prepared]:
-    """Run a quarantined record through the same path as live traffic, with today's catalogs."""
-    try:
-        body = wrap_record(resource_bytes, record_bytes)
-    except DecodeError:
-        return "the original record cannot be decoded"
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Stored:
+    """A quarantined record as kept: its resource and record bytes, how the record is encoded, its token's tenant."""
+
+    resource: bytes
+    record: bytes
+    encoding: str
+    token_tenant: str | None
+
+
+def _revalidate(catalogs: CatalogSet, policy: Policy, received_at: datetime, stored: _Stored) -> str | tuple[str, Prepared]:
+    """Run a quarantined record through the same path as live traffic, with today's catalogs and its token's tenant rule."""
+    tenant = stored.token_tenant
+    if tenant is not None:
+        policy = dataclasses.replace(policy, default_tenant=tenant)
     received_ns = int(received_at.timestamp() * 1_000_000) * 1000
     try:
-        candidates = normalize_request(decode_protobuf(body, policy.max_depth), received_ns, policy)
+        decoded = _decode(stored, policy.max_depth)
+    except DecodeError:
+        return "the original record cannot be decoded"
     except BadRequest as exc:
         return str(exc.message)
-    prepared = prepare(candidates, catalogs, received_ns)
+    try:
+        candidates = normalize_request(decoded, received_ns, policy)
+    except BadRequest as exc:
+        return str(exc.message)
+    prepared = prepare(candidates, catalogs, received_ns, tenant=tenant)
     if prepared.rejects:
         return "; ".join(prepared.rejects[0].reasons)
+    if prepared.refused:  # it names another tenant than its token's: what the ingest refuses, replay refuses
+        return prepared.messages[0].split("): ", 1)[-1]
     doc = candidates[0].doc
     assert doc is not None
     return str(doc["id"]), prepared
+
+
+def _decode(stored: _Stored, max_depth: int) -> DecodedRequest:
+    """A one-record request of a quarantined record, decoded as its bytes were kept."""
+    if stored.encoding != "json":
+        return decode_protobuf(wrap_record(stored.resource, stored.record), max_depth)
+    # The resource was kept as protobuf (it decoded when the request came), the record as its JSON object.
+    resource_bytes, attributes, _ = decode_protobuf(wrap_record(stored.resource, b""), max_depth)[0]
+    try:
+        record: Any = json.loads(stored.record)
+    except ValueError:
+        raise DecodeError("not JSON") from None
+    body = json.dumps({"resourceLogs": [{"scopeLogs": [{"logRecords": [record]}]}]}, ensure_ascii=True)
+    scopes = decode_json(body.encode("ascii"), max_depth)[0][2]
+    return [(resource_bytes, attributes, scopes)]

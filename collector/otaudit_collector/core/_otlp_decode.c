@@ -2,7 +2,7 @@
  * otaudit_collector.core._otlp_decode: the bytes of an OTLP/protobuf
  * ExportLogsServiceRequest straight to plain Python objects (see otlp_model.py):
  *
- *   decode_logs_request(data, max_depth) -> [(resource_bytes, resource_attributes, scopes), ...]
+ *   decode_logs_request(data, max_depth, max_records=-1) -> [(resource_bytes, resource_attributes, scopes), ...]
  *   scopes = [[record | reason_str, ...], ...]
  *   record = (raw, time_unix_nano, observed_time_unix_nano, event_name, trace_id, span_id,
  *             body, attributes, dropped_attributes_count, flags)
@@ -48,7 +48,9 @@
  * A LogRecord that cannot be decoded becomes a str naming the reason and the next
  * record is read (its length is known from ScopeLogs). A broken request, ResourceLogs,
  * ScopeLogs, Resource or scope raises ValueError naming where (resource attributes
- * too deep included).
+ * too deep included). More than max_records LogRecords (when it is not negative) raises
+ * OverflowError as soon as the one over the limit is met: a request of millions of tiny
+ * records is refused before it is turned into millions of objects.
  *
  * SAFETY RULES. Input is untrusted.
  *  - Every read goes through a Buf whose end is the end of the enclosing field, checked
@@ -75,7 +77,8 @@ enum { WT_VARINT = 0, WT_I64 = 1, WT_LEN = 2, WT_SGROUP = 3, WT_EGROUP = 4, WT_I
 
 typedef struct { const uint8_t *p, *end; } Buf;
 typedef struct { uint32_t num; int wt; uint64_t u; const uint8_t *data; Py_ssize_t len; } Field;
-typedef struct { int max_depth; } Ctx;
+/* records: LogRecords met so far (counted through the pointer: Ctx is passed const). */
+typedef struct { int max_depth; Py_ssize_t max_records; Py_ssize_t *records; } Ctx;
 /* An AnyValue being decoded: kind is the oneof field number set last (0: none), obj its
  * value (owned), deep whether it holds a list or dict nested max_depth levels or more. */
 typedef struct { int kind; int deep; PyObject *obj; } Val;
@@ -430,7 +433,7 @@ static int log_record(const Ctx *c, const uint8_t *p, Py_ssize_t n, PyObject **o
 /* InstrumentationScope: validated (strings, values), not returned. */
 static int scope(const uint8_t *p, Py_ssize_t n)
 {
-    static const Ctx unlimited = {VALUE_DEPTH_CAP};
+    static const Ctx unlimited = {VALUE_DEPTH_CAP, -1, NULL};
     Buf b = {p, p + n};
     Field f;
     PyObject *k;
@@ -485,6 +488,10 @@ static PyObject *scope_logs(const Ctx *c, const uint8_t *p, Py_ssize_t n, Py_ssi
         }
         if (f.wt != WT_LEN) continue;
         if (f.num == 2) {
+            if (c->max_records >= 0 && ++*c->records > c->max_records) {
+                PyErr_Format(PyExc_OverflowError, "more than %zd log records", c->max_records);
+                goto fail;
+            }
             r = log_record(c, f.data, f.len, &rec);
             if (r == E_PY) goto fail;
             if (r != OK && (rec = record_error(r, c->max_depth)) == NULL) goto fail;
@@ -612,12 +619,14 @@ fail:
 
 static PyObject *decode_logs_request(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"data", "max_depth", NULL};
+    static char *keywords[] = {"data", "max_depth", "max_records", NULL};
     PyObject *data, *out;
     Py_buffer view;
-    Ctx ctx;
+    Py_ssize_t records = 0;
+    Ctx ctx = {0, -1, &records};
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Oi:decode_logs_request", keywords, &data, &ctx.max_depth))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Oi|n:decode_logs_request", keywords, &data, &ctx.max_depth,
+                                     &ctx.max_records))
         return NULL;
     if (ctx.max_depth < 0 || ctx.max_depth > VALUE_DEPTH_CAP)
         return PyErr_Format(PyExc_ValueError, "max_depth must be between 0 and %d", VALUE_DEPTH_CAP);
@@ -634,10 +643,11 @@ static PyObject *decode_logs_request(PyObject *self, PyObject *args, PyObject *k
 
 static PyMethodDef methods[] = {
     {"decode_logs_request", (PyCFunction)(void (*)(void))decode_logs_request, METH_VARARGS | METH_KEYWORDS,
-     "decode_logs_request(data, max_depth) -> list\n\n"
+     "decode_logs_request(data, max_depth, max_records=-1) -> list\n\n"
      "Decode the bytes of an OTLP ExportLogsServiceRequest into plain Python objects\n"
      "(see otaudit_collector.core.otlp_model). A record that cannot be decoded is a str\n"
-     "naming the reason; a broken request raises ValueError."},
+     "naming the reason; a broken request raises ValueError; more than max_records\n"
+     "LogRecords (when not negative) raises OverflowError."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from otaudit_collector.core.errors import RecordError
+from otaudit_collector.core.errors import BadRequest, RecordError
 from otaudit_collector.core.otlp_model import (
     Attributes,
     BrokenRecord,
@@ -37,6 +37,10 @@ __all__ = [
     "iso_from_ns",
     "derived_id",
     "storable",
+    "storable_text",
+    "describe",
+    "too_many_rejects",
+    "UnstorableRecord",
 ]
 
 
@@ -50,6 +54,15 @@ class Policy:
     max_past_seconds: int = 400 * 86400
     max_future_seconds: int = 300
     default_tenant: str | None = None
+    max_records_per_request: int = 100_000
+    """More log records in one request refuse it whole (413), before they are normalized."""
+    max_rejects_per_request: int = 1000
+    """More rejected records in one request refuse it whole (400): nothing of it is stored or quarantined, so one
+    request cannot hold the writer with its quarantine, and the sender, splitting it, finds its culprits."""
+
+
+class UnstorableRecord(RecordError):
+    """A record holding what PostgreSQL cannot store where it would go (a NUL in its event name): reason ``unstorable``."""
 
 
 @dataclass(slots=True)
@@ -89,7 +102,14 @@ class Candidate:
     context: ResourceContext
     doc: dict[str, Any] | None = None
     errors: list[str] = field(default_factory=list)
-    broken_bytes: bytes = b""  # an undecodable record's bytes as received, when known
+    broken_bytes: bytes = b""  # an undecodable record's own bytes, when known
+    broken_encoding: str = "protobuf"  # what broken_bytes are: otlp_model.ENCODINGS
+    kind: str = "invalid_record"  # why normalization refused it, in a word (prepare.REJECT_REASONS)
+
+    @property
+    def record_encoding(self) -> str:
+        """How ``record_bytes()`` is encoded: a decoded record is re-encoded as protobuf."""
+        return "protobuf" if self.record is not None else self.broken_encoding
 
     @property
     def event(self) -> str:
@@ -102,25 +122,81 @@ class Candidate:
 
 
 def normalize_request(decoded: DecodedRequest, received_ns: int, policy: Policy) -> list[Candidate]:
-    """Normalize every record of a decoded request, keeping each record's position."""
+    """Normalize every record of a decoded request, keeping each record's position.
+
+    Raises BadRequest (see ``too_many_rejects``) as soon as more than
+    ``policy.max_rejects_per_request`` records fail: the rest are not normalized.
+    """
     out: list[Candidate] = []
+    failed: list[tuple[int, Candidate]] = []
+    limit = policy.max_rejects_per_request
     for i, (resource_bytes, resource_attributes, scopes) in enumerate(decoded):
         ctx = ResourceContext.of(resource_bytes, resource_attributes)
         for j, records in enumerate(scopes):
             for k, record in enumerate(records):
                 if isinstance(record, str):
-                    out.append(Candidate((i, j, k), None, ctx, errors=[record]))
-                    continue
-                if isinstance(record, BrokenRecord):
-                    out.append(Candidate((i, j, k), None, ctx, errors=[record.reason], broken_bytes=record.raw))
-                    continue
-                cand = Candidate((i, j, k), record, ctx)
-                try:
-                    cand.doc = normalize_record(record, ctx, received_ns, policy)
-                except RecordError as exc:
-                    cand.errors.append(exc.message)
+                    cand = Candidate((i, j, k), None, ctx, errors=[record])
+                elif isinstance(record, BrokenRecord):
+                    cand = Candidate((i, j, k), None, ctx, errors=[record.reason], broken_bytes=record.raw)
+                    cand.broken_encoding = record.encoding
+                else:
+                    cand = Candidate((i, j, k), record, ctx)
+                    try:
+                        cand.doc = normalize_record(record, ctx, received_ns, policy)
+                    except RecordError as exc:
+                        cand.errors.append(exc.message)
+                        if isinstance(exc, UnstorableRecord):
+                            cand.kind = "unstorable"
                 out.append(cand)
+                if cand.errors:
+                    failed.append((len(out) - 1, cand))
+                    if len(failed) > limit:
+                        total = sum(len(records) for _, _, scopes in decoded for records in scopes)
+                        raise too_many_rejects(
+                            f"at least {len(failed)} of its {total}", limit, [describe(n, c) for n, c in failed[:5]]
+                        )
     return out
+
+
+def too_many_rejects(count: str, limit: int, described: list[str]) -> BadRequest:
+    """The answer to a request with more than ``limit`` rejected records: ``count`` of them (a number, or
+    "at least N of its M"), and the first few of them, described, so that the sender can fix its culprits."""
+    shown = "; ".join(text if len(text) <= 300 else text[:300] + "..." for text in described)
+    return BadRequest(
+        f"{count} records of this request were rejected; more than {limit} rejected records refuse a request whole,"
+        f" so nothing of it was stored or quarantined: split it to find the bad records, fix them and send again."
+        f" The first: {shown}"
+    )
+
+
+def describe(index: int, cand: Candidate, reasons: list[str] | None = None) -> str:
+    """One rejected record for its sender: where it is in the request, its event and category, and why.
+
+    Escaped by ``storable_text``: the text is stored in the quarantine and may be sent in a
+    gRPC status, and a record's own values may hold a NUL."""
+    i, j, k = cand.path
+    what = f"record {index} (resource_logs[{i}].scope_logs[{j}].log_records[{k}]"
+    if cand.event:
+        what += f", event '{cand.event}'"
+    if cand.doc is not None and cand.doc.get("category"):
+        what += f", category '{cand.doc['category']}'"
+    return storable_text(f"{what}): " + "; ".join(cand.errors if reasons is None else reasons))
+
+
+def storable_text(value: str) -> str:
+    """``value`` as text PostgreSQL can store: a NUL written as ``\\u0000``, a lone surrogate as ``\\udXXX``.
+
+    For the text columns of the quarantine (tenant, category, event, the reasons), which
+    describe a record that may hold them; the record's own bytes are kept unchanged beside.
+    """
+    if "\x00" in value:
+        value = value.replace("\x00", "\\u0000")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
 
 
 # Text attributes of the contract and where each goes: (part, field). Parts: 0 the actor,
@@ -199,6 +275,7 @@ def normalize_record(record: Record, ctx: ResourceContext, received_ns: int, pol
     if not tenant:
         raise RecordError("the record names no tenant: set the attribute 'audit.tenant.id' on the record or its resource")
     doc["tenant"] = tenant
+    _check_key_text(event, uid, tenant, doc.get("category"))
     doc["occurred_at"] = _occurred_at(time_ns, observed_ns, received_ns, policy, doc, flags)
     doc.setdefault("outcome", "success")
     doc["actor"] = actor
@@ -234,6 +311,29 @@ def normalize_record(record: Record, ctx: ResourceContext, received_ns: int, pol
     if flags:
         doc["flags"] = flags
     return doc
+
+
+_KEY_FIELDS = (
+    "the event name (LogRecord.event_name)",
+    "attribute 'log.record.uid'",
+    "attribute 'audit.tenant.id'",
+    "attribute 'audit.category'",
+)
+
+
+def _check_key_text(*values: str | None) -> None:
+    """Refuse a NUL (or a lone surrogate) in the fields that become the event's keys and the quarantine's columns.
+
+    Checked here, before the catalogs quote the value back in a reason, so that the record is
+    refused as ``unstorable`` naming its field; its other strings are checked once, as JSON, in ``prepare``.
+    """
+    for name, value in zip(_KEY_FIELDS, values, strict=True):
+        if value is None:
+            continue
+        if "\x00" in value:
+            raise UnstorableRecord(f"{name} contains a NUL character (U+0000), which cannot be stored: remove it at the source")
+        if not value.isascii() and storable_text(value) != value:
+            raise UnstorableRecord(f"{name} contains an unpaired UTF-16 surrogate, which is not text: fix it at the source")
 
 
 def derived_id(ctx: ResourceContext, record: Record) -> str:

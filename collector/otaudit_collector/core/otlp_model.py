@@ -10,8 +10,9 @@ and normalization reads only this shape, never protobuf objects: attribute value
                       trace_id, span_id, body, attributes, dropped_attributes_count, flags)
 
 A ``str`` in place of a Record is a record that could not be decoded: the reason; the
-protobuf decoder then replaces it with a ``BrokenRecord``, which also keeps the record's
-bytes as received, for the quarantine.
+decoders then replace it with a ``BrokenRecord``, which also keeps the record's own
+bytes for the quarantine: its protobuf bytes as received, or its JSON object
+re-serialized (``encoding`` says which; a replay decodes them the same way).
 ``raw`` is the record's protobuf bytes as received, or None when it came as JSON;
 ``resource_bytes`` likewise. ``encode_record`` / ``encode_resource`` rebuild them
 for the quarantine.
@@ -27,6 +28,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
+from otaudit_collector.core.errors import PayloadTooLarge
+
 __all__ = [
     "Attributes",
     "Record",
@@ -39,17 +42,23 @@ __all__ = [
     "encode_resource",
     "to_any_value",
     "wrap_record",
+    "ENCODINGS",
+    "too_many_records",
 ]
+
+ENCODINGS = ("protobuf", "json")
+"""How a quarantined record's bytes are encoded: a LogRecord message, or its OTLP/JSON object."""
 
 Attributes = list[tuple[str, Any]]
 Record = tuple[bytes | None, int, int, str, bytes, bytes, Any, Attributes, int, int]
 
 
 class BrokenRecord(NamedTuple):
-    """A record that could not be decoded: why, and its bytes as received."""
+    """A record that could not be decoded: why, and its own bytes (``encoding``: one of ENCODINGS)."""
 
     reason: str
     raw: bytes
+    encoding: str = "protobuf"
 
 
 RecordEntry = Record | str | BrokenRecord
@@ -117,3 +126,14 @@ def wrap_record(resource_bytes: bytes, record_bytes: bytes) -> bytes:
     logs.resource.ParseFromString(resource_bytes)
     logs.scope_logs.add().log_records.add().ParseFromString(record_bytes)
     return request.SerializeToString()
+
+
+def too_many_records(limit: int) -> PayloadTooLarge:
+    """The answer to a request of more than ``limit`` log records, found while decoding it.
+
+    Refused before its records are normalized, so that a body of millions of tiny records
+    costs neither memory nor the writer's time; the sender splits it and sends again.
+    """
+    return PayloadTooLarge(
+        f"too many records: the request holds more than {limit} log records, the most one request may hold; send smaller batches"
+    )

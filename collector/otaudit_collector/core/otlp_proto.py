@@ -5,7 +5,9 @@ is built when the collector is installed with a C compiler at hand. Without it, 
 request is parsed with the protobuf runtime (upb) and walked in Python: the same result,
 several times slower. Both reject one undecodable record (invalid UTF-8 in a string,
 values nested too deeply, bytes truncated) on its own and keep the rest of the batch;
-a request whose outer structure is broken is a BadRequest.
+a request whose outer structure is broken is a BadRequest, one of more than
+``max_records`` log records a PayloadTooLarge (the compiled decoder stops at the first
+record over the limit; the Python one counts before it walks the records).
 """
 
 from __future__ import annotations
@@ -20,11 +22,18 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from otaudit_collector.core.errors import BadRequest
-from otaudit_collector.core.otlp_model import Attributes, BrokenRecord, DecodedRequest, RecordEntry, ResourceData
+from otaudit_collector.core.otlp_model import (
+    Attributes,
+    BrokenRecord,
+    DecodedRequest,
+    RecordEntry,
+    ResourceData,
+    too_many_records,
+)
 
 __all__ = ["decode_protobuf", "decode_protobuf_python", "COMPILED"]
 
-_compiled: Callable[[bytes, int], DecodedRequest] | None
+_compiled: Callable[[bytes, int, int], DecodedRequest] | None
 try:
     from otaudit_collector.core._otlp_decode import decode_logs_request
 except ImportError:  # no compiler when the collector was installed: the Python decoder serves
@@ -42,15 +51,18 @@ _RECORD_UNDECODABLE = (
 )
 
 
-def decode_protobuf(body: bytes, max_depth: int) -> DecodedRequest:
-    """Decode an OTLP/protobuf ``ExportLogsServiceRequest``; maps and arrays may nest ``max_depth`` levels."""
+def decode_protobuf(body: bytes, max_depth: int, max_records: int | None = None) -> DecodedRequest:
+    """Decode an OTLP/protobuf ``ExportLogsServiceRequest``; maps and arrays may nest ``max_depth`` levels,
+    and it may hold ``max_records`` log records (None: any number)."""
     if _compiled is not None:
         try:
-            decoded = _compiled(body, max_depth)
+            decoded = _compiled(body, max_depth, -1 if max_records is None else max_records)
+        except OverflowError:
+            raise too_many_records(max_records or 0) from None
         except ValueError as exc:
             raise BadRequest(f"{_INVALID}: {exc}") from None
     else:
-        decoded = decode_protobuf_python(body, max_depth)
+        decoded = decode_protobuf_python(body, max_depth, max_records)
     if any(isinstance(record, str) for _, _, scopes in decoded for records in scopes for record in records):
         _keep_broken_bytes(decoded, body)
     return decoded
@@ -70,12 +82,18 @@ def _keep_broken_bytes(decoded: DecodedRequest, body: bytes) -> None:
         pass
 
 
-def decode_protobuf_python(body: bytes, max_depth: int) -> DecodedRequest:
+def decode_protobuf_python(body: bytes, max_depth: int, max_records: int | None = None) -> DecodedRequest:
     """The decoder in Python over the protobuf runtime: the fallback, and the compiled one's oracle."""
     try:
         message = ExportLogsServiceRequest.FromString(body)
     except DecodeError:
-        return _salvage(body, max_depth)
+        salvaged = _salvage(body, max_depth)
+        if max_records is not None and sum(len(records) for _, _, scopes in salvaged for records in scopes) > max_records:
+            raise too_many_records(max_records) from None
+        return salvaged
+    # Counted on the parsed message, before a tuple is built for any record.
+    if max_records is not None and sum(len(sl.log_records) for rl in message.resource_logs for sl in rl.scope_logs) > max_records:
+        raise too_many_records(max_records)
     return [
         _resource(i, rl, [[_record(r, max_depth) for r in sl.log_records] for sl in rl.scope_logs], max_depth)
         for i, rl in enumerate(message.resource_logs)

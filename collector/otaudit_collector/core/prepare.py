@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from otaudit_collector.core.catalog import CatalogSet, Refusal
-from otaudit_collector.core.normalize import Candidate, iso_from_ns, iter_strings, storable
+from otaudit_collector.core.normalize import (
+    Candidate,
+    describe,
+    iso_from_ns,
+    iter_strings,
+    storable,
+    storable_text,
+    too_many_rejects,
+)
 from otaudit_collector.core.otlp_model import encode_resource
 
 __all__ = ["Prepared", "RejectRow", "prepare", "copy_text", "MAX_EVENT_BYTES", "EVENT_COLUMNS", "REJECT_REASONS"]
@@ -49,7 +57,7 @@ REJECT_REASONS = (
     "ambiguous_event",  # no category, and the event is defined in several
     "schema",  # breaks its event's schema
     "too_large",  # over MAX_EVENT_BYTES as JSON
-    "unstorable",  # holds what PostgreSQL cannot store (a NUL character)
+    "unstorable",  # holds what PostgreSQL cannot store (a NUL character, an unpaired surrogate)
     "tenant_mismatch",  # names a tenant its ingest token may not write (not quarantined)
 )
 """Why a record was rejected, in a word: a small fixed set, for counting (the messages say the rest)."""
@@ -57,7 +65,13 @@ REJECT_REASONS = (
 
 @dataclass(frozen=True, slots=True)
 class RejectRow:
-    """A record kept in quarantine: why, and the original record to replay later."""
+    """A record kept in quarantine: why, and the original record to replay later.
+
+    The text fields are storable (``storable_text``) whatever the record holds; ``record`` is
+    the record's own bytes in ``encoding`` (otlp_model.ENCODINGS). ``token_id`` and
+    ``token_tenant``: the ingest token that sent it, if any, so that a replay applies the
+    same tenant rule as the ingest did.
+    """
 
     tenant: str | None
     category: str | None
@@ -66,6 +80,9 @@ class RejectRow:
     resource: bytes
     record: bytes
     fingerprint: bytes
+    encoding: str = "protobuf"
+    token_id: str | None = None
+    token_tenant: str | None = None
 
 
 @dataclass(slots=True)
@@ -99,24 +116,36 @@ class Prepared:
         return text
 
 
-def prepare(candidates: list[Candidate], catalogs: CatalogSet, received_ns: int, *, tenant: str | None = None) -> Prepared:
+def prepare(
+    candidates: list[Candidate],
+    catalogs: CatalogSet,
+    received_ns: int,
+    *,
+    tenant: str | None = None,
+    token_id: str | None = None,
+    max_rejects: int | None = None,
+) -> Prepared:
     """Validate each candidate against its catalog and build its row or its reject.
 
-    ``tenant``: the tenant of the request's ingest token. A record claiming another one
-    is refused and not quarantined: a replay, which has no token, would store it.
+    ``tenant``: the tenant of the request's ingest token (``token_id``). A record claiming
+    another one is refused and not quarantined; the others' rejects record the token, so
+    that a replay applies the same rule. More than ``max_rejects`` rejected records raise
+    BadRequest (``too_many_rejects``): the request is refused whole, nothing is stored.
     """
     out = Prepared()
     received = iso_from_ns(received_ns)
     for index, cand in enumerate(candidates):
+        if max_rejects is not None and out.rejected > max_rejects:
+            raise too_many_rejects(f"at least {out.rejected} of its {len(candidates)}", max_rejects, out.messages[:5])
         claimed = None if tenant is None else cand.doc["tenant"] if cand.doc is not None else claimed_tenant(cand)
         if claimed is not None and claimed != tenant:
             out.refused += 1
             reason = f"tenant '{claimed}' is not the token's tenant '{tenant}'; an ingest token writes only its own tenant"
-            out.messages.append(_describe(index, cand, [reason]))
+            out.messages.append(describe(index, cand, [reason]))
             out.reasons.append((_loaded_category(cand.doc, catalogs), "tenant_mismatch"))
             continue
         doc = cand.doc
-        kind = "undecodable" if cand.record is None else "invalid_record"
+        kind = "undecodable" if cand.record is None else cand.kind
         if doc is not None and not cand.errors:
             refusal = catalogs.check(doc)
             if refusal is None:
@@ -135,9 +164,11 @@ def prepare(candidates: list[Candidate], catalogs: CatalogSet, received_ns: int,
                 refusal = Refusal("too_large" if len(text) > MAX_EVENT_BYTES else "unstorable", [problem])
             kind = refusal.reason
             cand.errors.extend(refusal.problems)
-        out.rejects.append(_reject(cand, tenant if tenant is not None and claimed_tenant(cand) is None else None))
-        out.messages.append(_describe(index, cand))
+        out.rejects.append(_reject(cand, tenant, token_id, assign=tenant is not None and claimed_tenant(cand) is None))
+        out.messages.append(describe(index, cand))
         out.reasons.append((_loaded_category(cand.doc, catalogs), kind))
+    if max_rejects is not None and out.rejected > max_rejects:
+        raise too_many_rejects(str(out.rejected), max_rejects, out.messages[:5])
     return out
 
 
@@ -156,32 +187,30 @@ def claimed_tenant(cand: Candidate) -> str | None:
     return named or cand.context.tenant
 
 
-def _describe(index: int, cand: Candidate, reasons: list[str] | None = None) -> str:
-    i, j, k = cand.path
-    what = f"record {index} (resource_logs[{i}].scope_logs[{j}].log_records[{k}]"
-    if cand.event:
-        what += f", event '{cand.event}'"
-    if cand.doc is not None and cand.doc.get("category"):
-        what += f", category '{cand.doc['category']}'"
-    return f"{what}): " + "; ".join(cand.errors if reasons is None else reasons)
-
-
-def _reject(cand: Candidate, assigned_tenant: str | None = None) -> RejectRow:
-    """The quarantine row. ``assigned_tenant``: the tenant an ingest token gave a record that
-    named none; added to the stored resource, so that a replay (without the token) keeps it."""
+def _reject(cand: Candidate, token_tenant: str | None = None, token_id: str | None = None, *, assign: bool = False) -> RejectRow:
+    """The quarantine row. ``assign``: the record named no tenant, so its token's is added to
+    the stored resource, so that a replay keeps it (as rows quarantined before the token was
+    recorded on them rely on). Every text column is made storable: the record may hold a NUL."""
     resource = cand.context.encoded()
-    if assigned_tenant is not None:  # a serialized repeated field appends: the resource gains one attribute
-        resource += encode_resource(None, [("audit.tenant.id", assigned_tenant)])
+    if assign and token_tenant is not None:  # a serialized repeated field appends: the resource gains one attribute
+        resource += encode_resource(None, [("audit.tenant.id", token_tenant)])
     record = cand.record_bytes()
+    encoding = cand.record_encoding
     doc = cand.doc or {}
+    tenant = doc.get("tenant") or cand.context.tenant or (token_tenant if assign else None)
+    category = doc.get("category")
+    marker = b"" if encoding == "protobuf" else encoding.encode("ascii") + b"\x00"  # protobuf ones: as before
     return RejectRow(
-        tenant=doc.get("tenant") or cand.context.tenant or assigned_tenant,
-        category=doc.get("category"),
-        event=cand.event or None,
-        reasons=tuple(cand.errors),
+        tenant=None if tenant is None else storable_text(tenant),
+        category=None if category is None else storable_text(category),
+        event=storable_text(cand.event) if cand.event else None,
+        reasons=tuple(storable_text(reason) for reason in cand.errors),
         resource=resource,
         record=record,
-        fingerprint=hashlib.sha256(resource + b"\x00" + record).digest(),
+        fingerprint=hashlib.sha256(marker + resource + b"\x00" + record).digest(),
+        encoding=encoding,
+        token_id=token_id,
+        token_tenant=token_tenant,
     )
 
 
@@ -207,8 +236,13 @@ _SPECIAL = re.compile(r"[\\\t\n\r]")
 def _line(doc: dict[str, Any], text: str, received: str) -> tuple[str | None, str]:
     if len(text) > MAX_EVENT_BYTES:
         return None, f"the event is {len(text)} characters as JSON; at most {MAX_EVENT_BYTES} are stored"
+    # PostgreSQL stores no NUL in text or jsonb, and no unpaired surrogate anywhere. The
+    # decoders let no surrogate through (strict UTF-8; OTLP/JSON refuses the escapes), so
+    # that check is a guard, paid only by events that are not ASCII.
     if "\\u0000" in text and any("\x00" in s for s in iter_strings(doc)):
-        return None, "a string in the event contains a NUL character (U+0000), which cannot be stored: remove it at the source"
+        return None, (f"{_where_nul(doc)} contains a NUL character (U+0000), which cannot be stored: remove it at the source")
+    if not text.isascii() and storable_text(text) != text:
+        return None, "a string in the event contains an unpaired UTF-16 surrogate, which is not text: fix it at the source"
     actor = doc["actor"]
     target = doc.get("target") or {}
     flags = doc.get("flags")
@@ -233,3 +267,22 @@ def _line(doc: dict[str, Any], text: str, received: str) -> tuple[str | None, st
             text.replace("\\", "\\\\"),
         )
     ), ""
+
+
+def _where_nul(value: Any, path: str = "") -> str:
+    """Where in a normalized event the first NUL is, as a JSON pointer: the message names the field."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in key:
+                return f"a key in the event's {path or '/'}"
+            found = _where_nul(item, f"{path}/{key}")
+            if found:
+                return found
+    elif isinstance(value, list):
+        for n, item in enumerate(value):
+            found = _where_nul(item, f"{path}/{n}")
+            if found:
+                return found
+    elif isinstance(value, str) and "\x00" in value:
+        return f"the event's {path}"
+    return ""
