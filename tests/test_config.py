@@ -62,6 +62,8 @@ def test_precedence_flag_env_file_default(tmp_path: Path) -> None:
         "http_port": 4318,
         "api_host": None,
         "api_port": 4319,
+        "header_timeout_seconds": 10,
+        "idle_timeout_seconds": 75,
     }
     assert defaults.source == "defaults"
 
@@ -89,7 +91,7 @@ def test_file_replaces_lists_and_plans_but_merges_sections(tmp_path: Path) -> No
     assert settings.get("catalogs", "bundled") is True
     assert list(settings.get("plans")) == ["only"]
     assert settings.get("ingest", "clock_skew") == {"max_past_days": 7, "max_future_seconds": 300}
-    assert settings.get("logging") == {"level": "info", "format": "json"}
+    assert settings.get("logging") == {"level": "info", "format": "json", "repeat_window_seconds": 60}
 
 
 # -- a bad configuration: every problem, each with its path --------------------------

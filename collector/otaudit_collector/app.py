@@ -31,6 +31,7 @@ from otaudit_collector.core.export import signing_key
 from otaudit_collector.core.normalize import Policy
 from otaudit_collector.core.plans import plans_from
 from otaudit_collector.core.tokens import TokenCache
+from otaudit_collector.http_server import LIMITS, BoundedSite
 from otaudit_collector.metrics import Metrics
 from otaudit_collector.pipeline import Ingestor
 from otaudit_collector.receivers.auth import IngestAuth
@@ -75,6 +76,8 @@ def policy_from(settings: Settings) -> Policy:
         max_past_seconds=ingest["clock_skew"]["max_past_days"] * 86400,
         max_future_seconds=ingest["clock_skew"]["max_future_seconds"],
         default_tenant=ingest["default_tenant"],
+        max_records_per_request=ingest["max_records_per_request"],
+        max_rejects_per_request=ingest["max_rejects_per_request"],
     )
 
 
@@ -126,6 +129,7 @@ class Collector:
             policy=policy_from(settings),
             max_concurrent_requests=ingest["max_concurrent_requests"],
             retry_after_seconds=ingest["retry_after_seconds"],
+            max_inflight_bytes=int(ingest["max_inflight_bytes"]),
             metrics=self.metrics,
         )
         self.ingest_auth = IngestAuth(
@@ -173,6 +177,9 @@ class Collector:
             self.ingestor,
             max_request_bytes=ingest["max_request_bytes"],
             max_concurrent_requests=ingest["max_concurrent_requests"],
+            body_timeout_seconds=float(ingest["body_timeout_seconds"]),
+            max_streams_per_connection=ingest["grpc_max_streams_per_connection"],
+            retry_after_seconds=float(ingest["retry_after_seconds"]),
             auth=self.ingest_auth,
         )
         address = f"[{host}]:{listen['grpc_port']}" if ":" in host else f"{host}:{listen['grpc_port']}"
@@ -185,7 +192,12 @@ class Collector:
         await self._grpc.start()
 
         http_port = await self._serve(
-            create_http_app(self.ingestor, max_request_bytes=ingest["max_request_bytes"], auth=self.ingest_auth),
+            create_http_app(
+                self.ingestor,
+                max_request_bytes=ingest["max_request_bytes"],
+                auth=self.ingest_auth,
+                body_timeout_seconds=float(ingest["body_timeout_seconds"]),
+            ),
             host,
             listen["http_port"],
         )
@@ -238,6 +250,8 @@ class Collector:
             signing_key=signing_key(bytes(row[0]), self.settings.token_pepper),
             audit=audit,
             max_streams=int(config["max_streams"]),
+            max_streams_per_tenant=int(config["max_streams_per_tenant"]),
+            stall_timeout_seconds=float(config["stall_timeout_seconds"]),
             url_ttl_seconds=int(config["url_ttl_seconds"]),
             keep=timedelta(hours=float(config["keep_hours"])),
             metrics=self.metrics,
@@ -253,16 +267,23 @@ class Collector:
         )
 
     async def _serve(self, app: web.Application, host: str, port: int) -> int:
+        """Serve ``app`` on ``host:port`` (0: any free port), with bounded connections (http_server)."""
+        listen = self.settings.get("listen")
+        handler: dict[str, Any] = {
+            "access_log": None,
+            "auto_decompress": False,  # OTLP/HTTP inflates bodies itself, with its own limit and errors
+            "keepalive_timeout": float(listen["idle_timeout_seconds"]),
+            **LIMITS,
+        }
         sock = _bind(host, port)
-        runner = web.AppRunner(
-            app,
-            access_log=None,
-            auto_decompress=False,  # OTLP/HTTP inflates bodies itself, with its own limit and errors
-            shutdown_timeout=float(self.settings.get("shutdown", "grace_seconds")),
-        )
-        await runner.setup()
+        try:
+            runner = web.AppRunner(app, shutdown_timeout=float(self.settings.get("shutdown", "grace_seconds")), **handler)
+            await runner.setup()
+        except BaseException:
+            sock.close()
+            raise
         self._runners.append(runner)
-        await web.SockSite(runner, sock).start()
+        await BoundedSite(runner, sock, header_timeout=float(listen["header_timeout_seconds"]), **handler).start()
         chosen: int = sock.getsockname()[1]
         return chosen
 

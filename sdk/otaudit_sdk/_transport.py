@@ -6,7 +6,8 @@ transports return it whole, classified for the sender:
 - ``ok``: the collector has the records; ``rejected`` of them were refused per record,
   ``message`` says which and why (OTLP partial_success);
 - ``retry``: try again later, after ``retry_after`` seconds when the collector said so;
-- ``too_large``: the request exceeds the collector's limit; send fewer records;
+- ``too_large``: the request exceeds the collector's limit; send fewer records (gRPC:
+  RESOURCE_EXHAUSTED saying so; one without a size hint is overload, ``retry``);
 - ``refused``: the collector refused the whole request as malformed (HTTP 400,
   INVALID_ARGUMENT); one record in it may be the cause;
 - ``config``: wrong token, endpoint, path or media type, or not an OTLP server at all:
@@ -86,9 +87,10 @@ class GrpcTransport:
 
     def _classify(self, exc: Any) -> Answer:
         code = exc.code().name if exc.code() is not None else "UNKNOWN"
-        text = f"gRPC {code}: {exc.details() or ''}".strip()
+        details = exc.details() or ""
+        text = f"gRPC {code}: {details}".strip()
         delay = _retry_info(exc.trailing_metadata() or ())
-        if code == "RESOURCE_EXHAUSTED" and delay is None:
+        if code == "RESOURCE_EXHAUSTED" and _says_too_large(details):
             return Answer("too_large", message=text)
         if code == "INVALID_ARGUMENT":
             return Answer("refused", message=text)
@@ -98,6 +100,19 @@ class GrpcTransport:
 
     def close(self) -> None:
         self._channel.close()
+
+
+_TOO_LARGE = ("larger than", "too many records")
+"""What a RESOURCE_EXHAUSTED says when the request itself is over a limit: grpc's "Received (or
+Decompressed) message larger than max", otaudit's "larger than N bytes" and "too many records".
+Any other RESOURCE_EXHAUSTED (grpcio's "Concurrent RPC limit exceeded", a proxy's rate limit)
+is about the server's load, not the request: splitting cannot help and dead-lettering would
+lose events, so it is retried."""
+
+
+def _says_too_large(text: str) -> bool:
+    lowered = text.lower()
+    return any(marker in lowered for marker in _TOO_LARGE)
 
 
 def _grpc_target(endpoint: str) -> tuple[str, bool]:
