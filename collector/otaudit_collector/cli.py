@@ -181,7 +181,9 @@ def _serve(args: argparse.Namespace) -> int:
     from otaudit_collector.storage.migrate import apply_migrations
 
     settings = _settings(args)
-    setup_logging(settings.get("logging", "level"), settings.get("logging", "format"))
+    setup_logging(
+        settings.get("logging", "level"), settings.get("logging", "format"), float(settings.get("logging", "repeat_window_seconds"))
+    )
     catalogs = load_catalogs(catalog_dirs(settings))
     database = open_database(settings)
     try:
