@@ -532,16 +532,17 @@ def drain_feed(api: Api, after: int) -> list[dict[str, Any]]:
 
 def hold_a_numbered_commit(db: str, first: StockOtel, second: StockOtel, apis: tuple[Api, Api], progress: Progress) -> None:
     """A late commit, made deterministic. The first collector's transaction numbers its events
-    and is then held in its COPY: a test transaction locks the partition its late event (100
-    days old) goes to. The second collector then gets a request of its own. While the first
-    is held, a feed poll through either API may show nothing that skips the held seqs; once
-    released, the first request's events come next in the feed, then the second's."""
+    and is then held in its COPY: a test transaction locks the partition its late event (60
+    days old: a past month's partition, inside the basic plan's 90-day query window) goes to.
+    The second collector then gets a request of its own. While the first is held, a feed poll
+    through either API may show nothing that skips the held seqs; once released, the first
+    request's events come next in the feed, then the second's."""
     primer = [time.time_ns()] * 3
     progress.add(dict(zip(first(primer), primer, strict=True)))
     for api in apis:  # open the token's API session now: its audit event must not queue behind the held commit
         api.ok("/v1/feed", limit=1)
     after = drain_feed(apis[0], 0)[-1]["seq"]
-    old = time.time_ns() - 100 * 86_400 * 10**9
+    old = time.time_ns() - 60 * 86_400 * 10**9
     blocker = psycopg.connect(db)
     try:
         made = blocker.execute("SELECT otaudit_ensure_partition(%s::timestamptz)", (iso(old),)).fetchone()

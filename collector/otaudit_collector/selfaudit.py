@@ -4,6 +4,11 @@
 The event is written as an OTLP/JSON request and handed to the same ``Ingestor`` that
 serves the receivers: normalized, validated against the loaded catalogs, committed (or
 quarantined) exactly like an event from any service.
+
+Every value the caller supplies (client address, User-Agent, filters, query, reason) is
+bounded to what the envelope schema and the ingest policy accept, and the event says which
+were cut (``details.truncated``): a read whose event would be quarantined leaves no trace,
+so an event the catalogs still refuse raises ``Unrecorded`` and the read is refused.
 """
 
 from __future__ import annotations
@@ -20,14 +25,75 @@ from typing import Any
 
 import psycopg
 
+from otaudit_collector._resources import bundled_dir
+from otaudit_collector.core.errors import IngestError
 from otaudit_collector.core.tokens import Principal
 from otaudit_collector.pipeline import Ingestor
 
-__all__ = ["Access", "SelfAudit", "Sessions", "SERVICE_NAME"]
+__all__ = ["Access", "SelfAudit", "Sessions", "SERVICE_NAME", "Unrecorded", "LIMITS", "bound_text"]
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "otaudit-collector"
+
+
+def _envelope_limits() -> dict[str, int]:
+    """The maxLength the envelope schema (catalogs/schema/envelope.json) sets on each field the caller supplies."""
+    envelope = json.loads((bundled_dir("catalogs") / "schema" / "envelope.json").read_text(encoding="utf-8"))
+    client = envelope["properties"]["client"]["properties"]
+    return {
+        "client_address": int(client["address"]["maxLength"]),
+        "user_agent": int(client["user_agent"]["maxLength"]),
+        "user_name": int(envelope["$defs"]["actor"]["properties"]["name"]["maxLength"]),
+    }
+
+
+LIMITS: dict[str, int] = {
+    **_envelope_limits(),
+    # No schema bounds these: they are kept short so that the event stays small whatever the caller sends.
+    "detail_text": 1024,  # each string in details (a filter value, the query), and the reason
+    "detail_items": 64,  # values of one list in details (a filter given many times)
+}
+"""Characters (code points, as JSON Schema counts them) of each caller-supplied value of a self-audit event."""
+
+_ELLIPSIS = "\u2026"
+
+
+class Unrecorded(IngestError):
+    """The API's own audit event was refused by the catalogs: the read it records must not happen."""
+
+
+def bound_text(text: str, limit: int) -> tuple[str, bool]:
+    """``text`` made storable and at most ``limit`` characters: (the text, whether it was changed).
+
+    NUL and lone surrogates, which PostgreSQL cannot store, become U+FFFD; a cut text ends with an ellipsis.
+    """
+    clean = text.replace("\x00", "\ufffd")
+    try:
+        clean.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (from JSON's "\\ud800", say)
+        clean = "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in clean)
+    if len(clean) > limit:
+        clean = clean[: max(limit - 1, 0)] + (_ELLIPSIS if limit > 0 else "")
+    return clean, clean != text
+
+
+def _bound_value(value: Any, where: str, text_limit: int, cut: list[str]) -> Any:
+    """A details value with every string and list bounded; the paths of those cut are added to ``cut``."""
+    if isinstance(value, str):
+        bounded, changed = bound_text(value, text_limit)
+        if changed:
+            cut.append(where)
+        return bounded
+    if isinstance(value, Mapping):
+        return {str(k): _bound_value(v, f"{where}.{k}", text_limit, cut) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        items = list(value)
+        if len(items) > LIMITS["detail_items"]:
+            items = items[: LIMITS["detail_items"]]
+            cut.append(where)
+        return [_bound_value(v, where, text_limit, cut) for v in items]
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +136,10 @@ class SelfAudit:
         self._instance = instance or f"{socket.gethostname()}-{os.getpid()}"
         self._sequence = 0
 
+    def _limit(self, field: str) -> int:
+        """A field's bound: the schema's (or ours), and never more than the ingest policy's max_string_length."""
+        return min(LIMITS[field], self._ingestor.policy.max_string_length)
+
     def request_body(
         self,
         *,
@@ -81,11 +151,23 @@ class SelfAudit:
         details: Mapping[str, Any] | None = None,
         reason: str | None = None,
         message: str | None = None,
+        sequence: int | None = None,
     ) -> tuple[str, bytes]:
-        """(the event's id, the OTLP/JSON request carrying it)."""
-        self._sequence += 1
+        """(the event's id, the OTLP/JSON request carrying it). ``sequence``: the event's audit.sequence; None
+        takes the next one (a trial event passes 0, so that the stored events' sequence has no gaps)."""
+        if sequence is None:
+            self._sequence += 1
+            sequence = self._sequence
         event_id = _uuid7()
         p = access.principal
+        cut: list[str] = []
+
+        def bounded(name: str, value: str, limit: int) -> str:
+            text, changed = bound_text(value, limit)
+            if changed:
+                cut.append(name)
+            return text
+
         attributes: dict[str, Any] = {
             "log.record.uid": event_id,
             "audit.category": category,
@@ -93,20 +175,24 @@ class SelfAudit:
             "audit.outcome": outcome,
             "audit.actor.type": access.actor_type,
             "user.id": p.token_id,
-            "user.name": p.name,
+            "user.name": bounded("actor.name", p.name, self._limit("user_name")),
             "user.roles": [p.role],
-            "audit.sequence": self._sequence,
+            "audit.sequence": sequence,
         }
         if access.address:
-            attributes["client.address"] = access.address
+            attributes["client.address"] = bounded("client.address", access.address, self._limit("client_address"))
         if access.user_agent:
-            attributes["user_agent.original"] = access.user_agent
+            attributes["user_agent.original"] = bounded("client.user_agent", access.user_agent, self._limit("user_agent"))
         for key, value in (target or {}).items():
             attributes[f"audit.target.{key}"] = value
-        if details:
-            attributes["audit.details"] = dict(details)
+        text_limit = self._limit("detail_text")
+        bounded_details = {str(k): _bound_value(v, f"details.{k}", text_limit, cut) for k, v in (details or {}).items()}
         if reason:
-            attributes["audit.reason"] = reason
+            attributes["audit.reason"] = bounded("reason", reason, text_limit)
+        if cut:
+            bounded_details["truncated"] = sorted(set(cut))
+        if bounded_details:
+            attributes["audit.details"] = bounded_details
         record: dict[str, Any] = {
             "timeUnixNano": str(time.time_ns()),
             "eventName": event,
@@ -125,14 +211,27 @@ class SelfAudit:
         }
         return event_id, json.dumps(request).encode()
 
-    async def record(self, **fields: Any) -> str | None:
-        """Record one event; its id once committed, None when the catalogs refused it (it is
-        then quarantined like any rejected record, and logged). Storage errors propagate."""
+    def check(self, **fields: Any) -> None:
+        """Raise ``Unrecorded`` when the catalogs would refuse this event; stores nothing.
+
+        Asked before a read that is recorded only once it is done (an export), so that a read
+        whose event cannot be stored is refused instead of served without a trace.
+        """
+        _event_id, body = self.request_body(**fields, sequence=0)
+        problem = self._ingestor.rejection(body, as_json=True)
+        if problem is not None:
+            log.error("the API's own audit event would be rejected: %s", problem, extra={"event": fields.get("event")})
+            raise Unrecorded(f"the catalogs refuse the {fields.get('event')} event that would record it: {problem}")
+
+    async def record(self, **fields: Any) -> str:
+        """Record one event; its id once committed. ``Unrecorded`` when the catalogs refused it
+        (it is then quarantined like any rejected record, and logged): the caller must not serve
+        the read it records. Storage errors propagate."""
         event_id, body = self.request_body(**fields)
         result = await self._ingestor.export(body, as_json=True)
         if result.rejected:
             log.error("the API's own audit event was rejected: %s", result.message, extra={"event": fields.get("event")})
-            return None
+            raise Unrecorded(f"the catalogs refused the {fields.get('event')} event recording it: {result.message}")
         return event_id
 
 
@@ -155,7 +254,9 @@ class Sessions:
         return last is None or time.monotonic() - last >= self._recheck
 
     async def touch(self, conn: psycopg.AsyncConnection[Any], access: Access) -> bool:
-        """Note a request; True when it opened a session (recorded as ``siteAccess``)."""
+        """Note a request; True when it opened a session (recorded as ``siteAccess``). Raises when the
+        session cannot be recorded (``Unrecorded`` when the catalogs refuse its event): the request is then
+        refused, and the next one tries to open the session again."""
         token_id = access.principal.token_id
         now = time.monotonic()
         if not self.due(token_id):

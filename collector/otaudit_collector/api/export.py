@@ -6,8 +6,14 @@
   database; ``GET /v1/exports/{id}`` reports progress and, when done, a signed download URL
   that any replica honours until it expires.
 
-Exports need an admin token and obey the plan like every read route. Each one is recorded
-in the caller's tenant as a ``data_extraction`` event (``exportView``).
+Exports need an admin token and obey the plan like every read route; so do a job's status
+and therefore its signed download URL (an auditor cannot obtain one). Each export is recorded
+in the caller's tenant as a ``data_extraction`` event (``exportView``); one whose event the
+catalogs would refuse is refused (503) before it starts.
+
+At most ``max_streams`` exports and downloads stream at once per collector, and
+``max_streams_per_tenant`` of them for one tenant; a write the client does not take within
+``stall_timeout_seconds`` ends the stream (an export is then recorded as failed).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import datetime as dt
 import json
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +35,7 @@ from otaudit_collector.core.export import (
     FILTER_PARAMETERS,
     FORMATS,
     Format,
+    StreamSlots,
     check_download,
     filters_from_body,
     format_named,
@@ -40,7 +47,7 @@ from otaudit_collector.metrics import Metrics
 from otaudit_collector.selfaudit import Access, SelfAudit
 from otaudit_collector.storage import exports as store
 
-__all__ = ["ExportContext", "ExportRunner", "add_export_routes", "audit_export"]
+__all__ = ["ExportContext", "ExportRunner", "Stalled", "add_export_routes", "audit_export", "export_event"]
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +58,41 @@ class ExportContext:
     signing_key: bytes
     audit: SelfAudit
     max_streams: int = 2
+    max_streams_per_tenant: int = 1
+    stall_timeout_seconds: float = 60.0
     url_ttl_seconds: int = 3600
     keep: dt.timedelta = dt.timedelta(hours=24)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     metrics: Metrics = field(default_factory=Metrics)
-    streams: asyncio.Semaphore = field(init=False)
+    slots: StreamSlots = field(init=False)
 
     def __post_init__(self) -> None:
-        self.streams = asyncio.Semaphore(self.max_streams)
+        self.slots = StreamSlots(self.max_streams, self.max_streams_per_tenant)
+
+
+class Stalled(ConnectionError):
+    """The client took nothing of a write for ``stall_timeout_seconds``: it holds a stream slot without reading."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the client read nothing for {seconds:g} seconds; the stream was cut off")
+
+
+def _within(write: Callable[[bytes], Awaitable[None]], seconds: float) -> Callable[[bytes], Awaitable[None]]:
+    """``write`` that raises ``Stalled`` when it cannot complete within ``seconds`` (the client stopped reading)."""
+
+    async def bounded(data: bytes) -> None:
+        try:
+            await asyncio.wait_for(write(data), seconds)
+        except TimeoutError:
+            raise Stalled(seconds) from None
+
+    return bounded
+
+
+def _cut_off(request: web.Request) -> None:
+    """Drop a stalled client's connection: what it has not read is discarded, and aiohttp ends quietly."""
+    if request.transport is not None:
+        request.transport.abort()
 
 
 EXPORTS: web.AppKey[ExportContext] = web.AppKey("exports", ExportContext)
@@ -77,18 +111,21 @@ def access_of(request: web.Request) -> Access:
 
 
 def _require_admin(request: web.Request) -> web.Response | None:
+    """Exporting is admin-only; so are export jobs' status and download URLs, which hand the export out."""
     if principal_of(request).role != "admin":
         return error(403, "forbidden", "an auditor token reads the trail but cannot export it; use an admin token")
     return None
 
 
-def _busy(ctx: ExportContext) -> web.Response:
-    return error(
-        429,
-        "too_many_exports",
-        f"{ctx.max_streams} exports are streaming from this collector; retry shortly, or make an export job (POST /v1/exports)",
-        **{"Retry-After": "5"},
-    )
+def _busy(ctx: ExportContext, why: str) -> web.Response:
+    if why == "tenant":
+        message = (
+            f"this tenant already has {ctx.max_streams_per_tenant} export(s) or download(s) streaming from this collector;"
+            " finish or close it, then retry"
+        )
+    else:
+        message = f"{ctx.max_streams} exports are streaming from this collector; retry shortly"
+    return error(429, "too_many_exports", message + ", or make an export job (POST /v1/exports)", **{"Retry-After": "5"})
 
 
 def _filename(tenant: str, fmt: Format) -> str:
@@ -125,11 +162,14 @@ async def _export(request: web.Request) -> web.StreamResponse:
     categories, effective, notice = _resolve(request, params)
     tenant = principal_of(request).tenant
     where, where_params = where_sql(tenant, categories, parse_filters(effective))
+    access = access_of(request)
+    ctx.audit.check(**export_event(access, fmt, params, 0, "success", None, job_id=None))  # else 503: no unrecorded export
     streams = ctx.metrics.export_streams
-    if ctx.streams.locked():
+    full = ctx.slots.take(tenant)
+    if full is not None:
         streams.labels("busy").inc()
-        return _busy(ctx)
-    async with ctx.streams:
+        return _busy(ctx, full)
+    try:
         try:
             conn = await psycopg.AsyncConnection.connect(ctx.conninfo)
         except psycopg.OperationalError:
@@ -152,8 +192,6 @@ async def _export(request: web.Request) -> web.StreamResponse:
             nonlocal rows
             rows = count
 
-        access = access_of(request)
-
         async def failed(reason: str) -> None:
             streams.labels("failure").inc()
             await asyncio.shield(
@@ -163,7 +201,13 @@ async def _export(request: web.Request) -> web.StreamResponse:
         async with conn:
             try:
                 await response.prepare(request)
-                rows = await store.stream_export(conn, fmt, bom, where, where_params, response.write, progress)
+                sink = _within(response.write, ctx.stall_timeout_seconds)
+                rows = await store.stream_export(conn, fmt, bom, where, where_params, sink, progress)
+            except Stalled as exc:
+                log.warning("export cut off: its client stopped reading", extra={"tenant": tenant, "rows": rows})
+                await failed(str(exc))
+                _cut_off(request)
+                return response
             except (ConnectionError, asyncio.CancelledError) as exc:
                 await failed(f"the client went away during the export ({type(exc).__name__})")
                 raise
@@ -183,6 +227,8 @@ async def _export(request: web.Request) -> web.StreamResponse:
         ctx.metrics.export_rows.labels("stream").inc(rows)
         await response.write_eof()
         return response
+    finally:
+        ctx.slots.give_back(tenant)
 
 
 def _flag(text: str | None, name: str) -> bool:
@@ -204,22 +250,37 @@ async def audit_export(
     *,
     job_id: str | None,
 ) -> None:
+    """Record an export; raises (``selfaudit.Unrecorded`` among others) when it cannot be: not to be ignored."""
+    await audit.record(**export_event(access, fmt, params, rows, outcome, reason, job_id=job_id))
+
+
+def export_event(
+    access: Access,
+    fmt: Format,
+    params: dict[str, list[str]],
+    rows: int,
+    outcome: str,
+    reason: str | None,
+    *,
+    job_id: str | None,
+) -> dict[str, Any]:
+    """The fields of an export's ``exportView`` event (``SelfAudit.record`` bounds what the caller supplied)."""
     filters = {k: (v[0] if len(v) == 1 else v) for k, v in params.items() if k != "q"}
     details: dict[str, Any] = {"format": fmt.name, "filters": filters, "row_count": rows}
     if params.get("q"):
         details["query"] = " ".join(params["q"])
     if job_id:
         details["job_id"] = job_id
-    await audit.record(
-        event="exportView",
-        category="data_extraction",
-        access=access,
-        outcome=outcome,
-        target={"type": "view", "id": "audit-trail", "name": "otaudit audit trail"},
-        details=details,
-        reason=reason,
-        message=f"exported {rows} audit events as {fmt.name}",
-    )
+    return {
+        "event": "exportView",
+        "category": "data_extraction",
+        "access": access,
+        "outcome": outcome,
+        "target": {"type": "view", "id": "audit-trail", "name": "otaudit audit trail"},
+        "details": details,
+        "reason": reason,
+        "message": f"exported {rows} audit events as {fmt.name}",
+    }
 
 
 async def _audit_failure(record: Awaitable[None]) -> None:
@@ -278,6 +339,7 @@ async def _create_job(request: web.Request) -> web.Response:
             raise BadFilter("body", "contains a NUL character")
     categories, effective, notice = _resolve(request, params)
     principal = principal_of(request)
+    ctx.audit.check(**export_event(access_of(request), fmt, params, 0, "success", None, job_id="exp_check"))
     async with request.app[READS].pool.connection() as conn:
         job = await store.create_job(
             conn,
@@ -298,6 +360,9 @@ async def _create_job(request: web.Request) -> web.Response:
 
 
 async def _job(request: web.Request) -> web.Response:
+    refused = _require_admin(request)  # the status holds the signed, tokenless download URL
+    if refused is not None:
+        return refused
     ctx = request.app[EXPORTS]
     principal = principal_of(request)
     async with request.app[READS].pool.connection() as conn:
@@ -319,17 +384,30 @@ async def _download(request: web.Request) -> web.StreamResponse:
         )
     if problem == "expired":
         return error(410, "expired", "this download URL has expired; ask GET /v1/exports/{id} for a fresh one")
-    if ctx.streams.locked():
-        return _busy(ctx)
-    async with ctx.streams, await psycopg.AsyncConnection.connect(ctx.conninfo, autocommit=True) as conn:
+    refused = ctx.slots.refusal(None)
+    if refused is not None:  # asked first, so that a crowd of downloads does not even reach the database
+        return _busy(ctx, refused)
+    async with request.app[READS].pool.connection() as conn:
         cur = await conn.execute("SELECT tenant, format, state, bytes FROM export_jobs WHERE id = %s", (job_id,))
         row = await cur.fetchone()
-        if row is None:
-            return error(404, "not_found", "the export job no longer exists (finished jobs are kept for a limited time)")
-        tenant, format_name, state, size = row
-        if state != "done":
-            return error(409, "not_ready", f"the export job is {state}, not done")
-        fmt = FORMATS[format_name]
+    if row is None:
+        return error(404, "not_found", "the export job no longer exists (finished jobs are kept for a limited time)")
+    tenant, format_name, state, size = row
+    if state != "done":
+        return error(409, "not_ready", f"the export job is {state}, not done")
+    refused = ctx.slots.take(tenant)
+    if refused is not None:
+        return _busy(ctx, refused)
+    try:
+        return await _send_file(request, ctx, job_id, tenant, FORMATS[format_name], size)
+    finally:
+        ctx.slots.give_back(tenant)
+
+
+async def _send_file(
+    request: web.Request, ctx: ExportContext, job_id: str, tenant: str, fmt: Format, size: int
+) -> web.StreamResponse:
+    async with await psycopg.AsyncConnection.connect(ctx.conninfo, autocommit=True) as conn:
         response = web.StreamResponse(
             headers={
                 "Content-Type": fmt.content_type,
@@ -340,8 +418,14 @@ async def _download(request: web.Request) -> web.StreamResponse:
             }
         )
         await response.prepare(request)
-        async for chunk in store.read_file(conn, job_id):
-            await response.write(chunk)
+        write = _within(response.write, ctx.stall_timeout_seconds)
+        try:
+            async for chunk in store.read_file(conn, job_id):
+                await write(chunk)
+        except Stalled:
+            log.warning("download of export job %s cut off: its client stopped reading", job_id, extra={"tenant": tenant})
+            _cut_off(request)
+            return response
         await response.write_eof()
         return response
 

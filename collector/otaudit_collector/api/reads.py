@@ -1,8 +1,13 @@
 """The read routes of the admin API (shared/design/api.md): events, one event, the feed,
 the caller's plan and the catalog, behind token auth, tenant isolation and the plan.
 
-Every route reads only the token's tenant, and only the categories its plan includes:
-naming another category is a 403 that names the plan including it.
+Every route reads only the token's tenant, only the categories its plan includes (naming
+another category is a 403 that names the plan including it), and only events inside the
+plan's query window: lists and exports clamp ``since`` to it, the feed skips older events,
+and one event older than the window is a 404, as if it were not there (an upgrade shows it).
+
+Which routes need no token is decided by the route that matched (its canonical pattern),
+never by the path: an encoded slash or a dot segment cannot make one route look like another.
 """
 
 from __future__ import annotations
@@ -10,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,13 +25,23 @@ from psycopg_pool import AsyncConnectionPool
 
 from otaudit_collector.core.catalog import CatalogSet
 from otaudit_collector.core.errors import IngestError
-from otaudit_collector.core.plans import Plan, PlanForbids, allowed_categories, check_readable, clamp_since, upgrade_for
+from otaudit_collector.core.plans import (
+    Plan,
+    PlanForbids,
+    allowed_categories,
+    check_readable,
+    clamp_since,
+    in_window,
+    upgrade_for,
+    window_start,
+)
 from otaudit_collector.core.query import DOCUMENT_SQL, MAX_LIMIT, BadFilter, Filters, encode_cursor, events_sql, parse_filters
 from otaudit_collector.core.tokens import Principal, TokenCache, bearer_credential
 from otaudit_collector.selfaudit import Access, Sessions
 from otaudit_collector.storage.access import authenticate_async
 
 __all__ = [
+    "OPEN_ROUTES",
     "ReadContext",
     "READS",
     "add_read_routes",
@@ -56,8 +70,19 @@ class ReadContext:
 
 READS: web.AppKey[ReadContext] = web.AppKey("reads", ReadContext)
 _PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
-_OPEN = ("/healthz", "/readyz", "/metrics", "/openapi.json")
-_SIGNED = re.compile(r"/v1/exports/[^/]+/download")
+OPEN_ROUTES = frozenset(
+    {
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+        "/",  # the web page (api/web.py): it asks for the token itself
+        "/ui/",
+        "/ui/{file}",
+        "/v1/exports/{id}/download",  # a download URL carries its own signature instead of a token
+    }
+)
+"""The canonical patterns of the routes answered without a token; every other route needs one."""
 
 
 def error(status: int, code: str, message: str, **headers: str) -> web.Response:
@@ -68,9 +93,7 @@ def error(status: int, code: str, message: str, **headers: str) -> web.Response:
 async def auth_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    if request.path in _OPEN or request.path == "/" or request.path.startswith("/ui/") or READS not in request.app:
-        return await handler(request)
-    if _SIGNED.fullmatch(request.path):  # a download URL carries its own signature instead of a token
+    if READS not in request.app or _tokenless(request):
         return await handler(request)
     try:
         return await _authenticated(request, handler)
@@ -85,6 +108,18 @@ async def auth_middleware(
             f"the access could not be recorded in the audit trail ({exc.message}); try again shortly",
             **{"Retry-After": "5"},
         )
+
+
+def _tokenless(request: web.Request) -> bool:
+    """Whether the request may go on without a token: by the route the router matched, never by the path.
+
+    A path no route matches needs a token too: without one, the API does not say which paths exist.
+    """
+    match = request.match_info
+    if match.http_exception is not None:
+        return False
+    resource = match.route.resource
+    return resource is not None and resource.canonical in OPEN_ROUTES
 
 
 async def _authenticated(
@@ -219,14 +254,22 @@ async def _event(request: web.Request) -> web.Response:
     principal = request[_PRINCIPAL]
     async with ctx.pool.connection() as conn:
         cur = await conn.execute(
-            f"SELECT category, {DOCUMENT_SQL} FROM events WHERE tenant = %(tenant)s AND (id, occurred_at) ="
+            f"SELECT category, {DOCUMENT_SQL}, occurred_at FROM events WHERE tenant = %(tenant)s AND (id, occurred_at) ="
             " (SELECT id, occurred_at FROM event_ids WHERE tenant = %(tenant)s AND id = %(id)s)",
             {"tenant": principal.tenant, "id": request.match_info["id"]},
         )
         row = await cur.fetchone()
     if row is None:
         return error(404, "not_found", f"no event {request.match_info['id']!r} in this tenant's trail")
-    check_readable(row[0], plan_of(request), ctx.plans)
+    plan = plan_of(request)
+    if not in_window(row[2], plan, dt.datetime.now(dt.UTC)):  # as if absent: the plan does not read that far back
+        return error(
+            404,
+            "not_found",
+            f"no event {request.match_info['id']!r} in this tenant's trail within the '{plan.name}' plan's"
+            f" query window of {plan.query_window_days} days",
+        )
+    check_readable(row[0], plan, ctx.plans)
     return web.Response(text=row[1], content_type="application/json")
 
 
@@ -237,8 +280,12 @@ async def _feed(request: web.Request) -> web.Response:
     limit = _int_param(request, "limit", 100, minimum=1, maximum=MAX_LIMIT)
     plan = plan_of(request)
     categories = readable_categories(request, plan, [])
+    earliest = window_start(plan, dt.datetime.now(dt.UTC))
     where = "tenant = %s AND seq > %s" + ("" if categories is None else " AND category = ANY(%s)")
     params: list[Any] = [principal.tenant, after] + ([] if categories is None else [categories])
+    if earliest is not None:  # events older than the plan's window are skipped, like those of unreadable categories
+        where += " AND occurred_at >= %s"
+        params.append(earliest)
     async with ctx.pool.connection() as conn:
         cur = await conn.execute(f"SELECT seq, {DOCUMENT_SQL} FROM events WHERE {where} ORDER BY seq LIMIT %s", [*params, limit])
         rows = await cur.fetchall()

@@ -2,8 +2,10 @@
 signed download URLs of export jobs.
 
 Pure. The flattening and the formula neutralizing happen inside PostgreSQL (the
-``otaudit_csv_*`` functions of migration 0003), so an export is one ``COPY (SELECT ...)
-TO STDOUT`` whose rows pass through Python untouched.
+``otaudit_csv_*`` functions of migrations 0003 and 0006), so an export is one ``COPY (SELECT ...)
+TO STDOUT`` whose rows pass through Python untouched. ``spreadsheet_cell`` is the same
+neutralizing rule in Python: the one definition the SQL is tested against, for every
+spreadsheet format to come.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ __all__ = [
     "signing_key",
     "sign_download",
     "check_download",
+    "FORMULA_STARTS",
+    "SPREADSHEET_STRIPPED",
+    "spreadsheet_cell",
+    "StreamSlots",
 ]
 
 
@@ -129,12 +135,99 @@ def filters_from_body(body: Any) -> tuple[Format, bool, dict[str, list[str]]]:
         values = value if isinstance(value, list) else [value]
         if not all(isinstance(v, str) for v in values):
             raise BadFilter(key, "must be a string or a list of strings")
+        if not all(_is_unicode(v) for v in values):  # JSON's "\ud800": nothing PostgreSQL or an audit event can hold
+            raise BadFilter(key, "contains a lone surrogate (an unpaired \\ud800-\\udfff escape); send valid Unicode text")
         params[key] = list(values)
     bom = body.get("bom", False)
     if not isinstance(bom, bool):
         raise BadFilter("bom", "must be true or false")
     fmt = body.get("format")
     return format_named(fmt if isinstance(fmt, str) else None), bom, params
+
+
+# -- formula neutralizing -----------------------------------------------------------------
+
+FORMULA_STARTS = frozenset("=+-@\uff1d\uff0b\uff0d\uff20")
+"""What makes a spreadsheet read a cell as a formula: = + - @ and their fullwidth forms (which some convert)."""
+
+_STRIPPED_RANGES = (
+    (0x0000, 0x0020),  # C0 control characters (tab, newline, CR...) and the space
+    (0x007F, 0x00A0),  # DEL, the C1 control characters (NEL among them) and the no-break space
+    (0x00AD, 0x00AD),  # soft hyphen
+    (0x1680, 0x1680),  # ogham space mark
+    (0x180E, 0x180E),  # mongolian vowel separator
+    (0x2000, 0x200F),  # the typographic spaces, zero-width space/joiners, LRM and RLM
+    (0x2028, 0x202F),  # line and paragraph separators, the bidi embeddings, narrow no-break space
+    (0x205F, 0x206F),  # medium mathematical space, word joiner, invisible operators, bidi isolates
+    (0x3000, 0x3000),  # ideographic space
+    (0xFEFF, 0xFEFF),  # byte order mark, zero-width no-break space
+)
+SPREADSHEET_STRIPPED = frozenset(chr(c) for low, high in _STRIPPED_RANGES for c in range(low, high + 1))
+"""What a spreadsheet may strip or not show before a cell's formula: whitespace, invisible and control characters."""
+
+_STRIPPED_TEXT = "".join(sorted(SPREADSHEET_STRIPPED))
+
+
+def spreadsheet_cell(value: str) -> str:
+    """A text cell a spreadsheet cannot run (CSV injection): prefixed with an apostrophe when it begins with a
+    tab or a carriage return, or when, after what a spreadsheet strips, it begins with a formula character.
+
+    The whole original value follows the apostrophe. Migration 0006's ``otaudit_csv_cell`` is the same rule.
+    """
+    if value[:1] in ("\t", "\r") or value.lstrip(_STRIPPED_TEXT)[:1] in FORMULA_STARTS:
+        return "'" + value
+    return value
+
+
+# -- streams at once -------------------------------------------------------------------------
+
+
+class StreamSlots:
+    """Exports and downloads streaming at once: at most ``total`` on this collector and ``per_tenant``
+    for one tenant, so that one tenant's open (or stalled) streams cannot take every slot."""
+
+    def __init__(self, total: int, per_tenant: int) -> None:
+        self.total = total
+        self.per_tenant = per_tenant
+        self._held: dict[str, int] = {}
+
+    @property
+    def busy(self) -> int:
+        return sum(self._held.values())
+
+    def held(self, tenant: str) -> int:
+        return self._held.get(tenant, 0)
+
+    def refusal(self, tenant: str | None) -> str | None:
+        """Why a stream of ``tenant`` cannot start now ("collector" or "tenant"), None when it can.
+        ``tenant`` None asks about the collector's slots only."""
+        if self.busy >= self.total:
+            return "collector"
+        if tenant is not None and self.held(tenant) >= self.per_tenant:
+            return "tenant"
+        return None
+
+    def take(self, tenant: str) -> str | None:
+        """Take a slot for ``tenant``; None when taken, else why not (as ``refusal``)."""
+        refused = self.refusal(tenant)
+        if refused is None:
+            self._held[tenant] = self.held(tenant) + 1
+        return refused
+
+    def give_back(self, tenant: str) -> None:
+        left = self.held(tenant) - 1
+        if left > 0:
+            self._held[tenant] = left
+        else:
+            self._held.pop(tenant, None)
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _signature(key: bytes, job_id: str, expires: int) -> str:

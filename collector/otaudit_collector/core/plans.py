@@ -11,7 +11,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Plan", "PlanForbids", "plans_from", "allowed_categories", "check_readable", "upgrade_for", "clamp_since"]
+__all__ = [
+    "Plan",
+    "PlanForbids",
+    "plans_from",
+    "allowed_categories",
+    "check_readable",
+    "upgrade_for",
+    "clamp_since",
+    "window_start",
+    "in_window",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +83,24 @@ def check_readable(category: str, plan: Plan, plans: Mapping[str, Plan]) -> None
         raise PlanForbids(category, plan, upgrade_for(category, plans))
 
 
+def window_start(plan: Plan, now: dt.datetime) -> dt.datetime | None:
+    """The oldest ``occurred_at`` the plan's query window lets any read return; None: no window."""
+    if plan.query_window_days is None:
+        return None
+    return now - dt.timedelta(days=plan.query_window_days)
+
+
+def in_window(occurred_at: dt.datetime, plan: Plan, now: dt.datetime) -> bool:
+    """Whether a read may return an event that occurred at ``occurred_at``: every read route obeys the window."""
+    earliest = window_start(plan, now)
+    return earliest is None or occurred_at >= earliest
+
+
 def clamp_since(since: dt.datetime | None, plan: Plan, now: dt.datetime) -> tuple[dt.datetime | None, bool]:
     """``since`` limited to the plan's query window: (the since to use, whether it was clamped)."""
-    if plan.query_window_days is None:
+    earliest = window_start(plan, now)
+    if earliest is None:
         return since, False
-    earliest = now - dt.timedelta(days=plan.query_window_days)
     if since is None or since < earliest:
         return earliest, since is not None
     return since, False

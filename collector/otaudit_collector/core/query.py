@@ -45,6 +45,7 @@ _COLUMNS = {
     "target_id": "target_id",
 }
 _TERM = re.compile(r'(-?)([a-z_]+):(>=|<=|>|<)?(?:"((?:[^"\\]|\\.)*)"|(\S+))')
+_TERM_START = re.compile(r"(?<!\S)-?[a-z_]+:")  # only after a blank: linear however long the words
 
 
 class BadFilter(ValueError):
@@ -120,11 +121,20 @@ def parse_filters(params: Mapping[str, Sequence[str]]) -> Filters:
 
 
 def _parse_q(text: str, out: Filters) -> None:
+    # Each term is matched where the previous one (and the blanks after it) ended, never searched for:
+    # a search restarts at every letter of a long word and takes time quadratic in its length.
     pos = 0
-    for match in _TERM.finditer(text):
-        gap = text[pos : match.start()].strip()
-        if gap:
-            raise BadFilter("q", f"'{gap}' is not a key:value term (keys: {', '.join(sorted({*_COLUMNS, 'actor', 'time'}))})")
+    while True:
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if pos == len(text):
+            return
+        match = _TERM.match(text, pos)
+        if match is None:
+            after = _TERM_START.search(text, pos + 1)
+            gap = text[pos : after.start() if after else len(text)].strip()
+            shown = gap if len(gap) <= 80 else gap[:80] + "..."
+            raise BadFilter("q", f"'{shown}' is not a key:value term (keys: {', '.join(sorted({*_COLUMNS, 'actor', 'time'}))})")
         pos = match.end()
         negated, key, op, quoted, plain = match.groups()
         value = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else plain
@@ -145,9 +155,6 @@ def _parse_q(text: str, out: Filters) -> None:
             out.not_equal.append((key, value))
         else:
             out.equal.setdefault(key, []).append(value)
-    rest = text[pos:].strip()
-    if rest:
-        raise BadFilter("q", f"'{rest}' is not a key:value term")
 
 
 # An event as the API shows it: the normalized document with seq and received_at, as
