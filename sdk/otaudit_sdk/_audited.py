@@ -1,7 +1,7 @@
 """``audited``: record an event for a block of code, with its outcome.
 
-As a context manager the block may add details, changes, a target or a reason as it
-learns them; as a decorator (of a function or a coroutine function) each call records
+As a context manager the block may add details, changes, a target, related objects or a
+reason as it learns them; as a decorator (of a function or a coroutine function) each call records
 one event. One ``audited(...)`` object may be entered by several threads or tasks at
 once: each gets its own scope. If the block raises, the event
 is recorded with outcome ``failure`` (``denied`` for the exceptions in ``denied_on``) and
@@ -30,8 +30,16 @@ _REASON_CHARS = 1000
 class AuditScope:
     """What the audited block may fill in before the event is recorded."""
 
-    def __init__(self, target: Target | None, details: Mapping[str, Any] | None, changes: Sequence[Change] | None) -> None:
+    def __init__(
+        self,
+        target: Target | None,
+        details: Mapping[str, Any] | None,
+        changes: Sequence[Change] | None,
+        related: Sequence[Target] | None = None,
+    ) -> None:
         self.target = target
+        self.related: list[Target] = list(related or [])
+        """Other objects the event concerns (``Target`` with an id); the block may append to it."""
         self.details: dict[str, Any] = dict(details or {})
         self.changes: list[Change | Mapping[str, Any]] = list(changes or [])
         self.reason: str | None = None
@@ -51,13 +59,14 @@ class Audited:
         target: Target | None = None,
         details: Mapping[str, Any] | None = None,
         changes: Sequence[Change] | None = None,
+        related: Sequence[Target] | None = None,
         denied_on: tuple[type[BaseException], ...] = (PermissionError,),
         **options: Any,
     ) -> None:
         self._record = record
         self._event = event
         self._fixed = {"category": category, "actor": actor, **options}
-        self._start = (target, details, changes)
+        self._start = (target, details, changes, related)
         self._denied_on = denied_on
         self._scopes: contextvars.ContextVar[tuple[AuditScope, ...]] = contextvars.ContextVar("otaudit_scopes", default=())
 
@@ -79,6 +88,7 @@ class Audited:
             target=scope.target,
             details=scope.details or None,
             changes=scope.changes or None,
+            related=scope.related or None,
             outcome=outcome,
             reason=reason,
             **self._fixed,

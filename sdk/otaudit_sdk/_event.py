@@ -16,7 +16,7 @@ from otaudit_sdk import _encode as enc
 from otaudit_sdk import attributes as a
 from otaudit_sdk._model import Actor, Change, Target
 
-__all__ = ["encode_event", "sequence_attribute", "uuid7", "check_name", "check_tenant", "time_ns_of"]
+__all__ = ["encode_event", "related_maps", "sequence_attribute", "uuid7", "check_name", "check_tenant", "time_ns_of"]
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,127}")
 _TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}")
@@ -40,6 +40,7 @@ _KEY: Final = {
         a.TARGET_ID,
         a.TARGET_NAME,
         a.CHANGES,
+        a.RELATED,
         a.DETAILS,
         a.REASON,
         a.SEQUENCE,
@@ -86,6 +87,23 @@ def _is_contract_name(key: str) -> bool:
     return key in _KEY or (key.startswith(("audit.", "user.")) and not key.startswith("audit.details."))
 
 
+def related_maps(related: Sequence[Target]) -> list[dict[str, str]]:
+    """``related`` as the contract's ``audit.related`` maps, checked as the collector checks them."""
+    given: object = related
+    if isinstance(given, (Target, str)) or not isinstance(given, Sequence):
+        raise TypeError(f"related must be a list of otaudit_sdk.Target, got {type(related).__name__}")
+    if len(related) > a.MAX_RELATED:
+        raise ValueError(f"related names {len(related)} objects; the collector accepts at most {a.MAX_RELATED}")
+    out = []
+    for obj in related:
+        if not isinstance(obj, Target):
+            raise TypeError(f"related must be a list of otaudit_sdk.Target, got an item {type(obj).__name__} {obj!r}")
+        if not obj.id:
+            raise ValueError(f"related object {obj!r} needs an id: its history is found by type and id")
+        out.append({"type": obj.type, "id": obj.id} | ({"name": obj.name} if obj.name is not None else {}))
+    return out
+
+
 def sequence_attribute(sequence: int) -> bytes:
     return enc.int_attribute(_KEY[a.SEQUENCE], sequence)
 
@@ -107,6 +125,7 @@ def encode_event(
     observed_ns: int,
     trace: tuple[bytes, bytes, int] | None,
     extra: Mapping[str, Any] | None = None,
+    related: Sequence[Target] | None = None,
 ) -> bytes:
     """One LogRecord without its sequence attribute."""
     s = enc.string_attribute
@@ -138,6 +157,8 @@ def encode_event(
             parts.append(s(k[a.TARGET_ID], target.id, a.TARGET_ID))
         if target.name is not None:
             parts.append(s(k[a.TARGET_NAME], target.name, a.TARGET_NAME))
+    if related:
+        parts.append(enc.attribute(k[a.RELATED], related_maps(related), a.RELATED))
     if changes:
         items = [c.as_map() if isinstance(c, Change) else c for c in changes]
         parts.append(enc.attribute(k[a.CHANGES], items, a.CHANGES))

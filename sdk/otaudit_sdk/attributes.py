@@ -22,6 +22,8 @@ __all__ = [
     "TARGET_ID",
     "TARGET_NAME",
     "CHANGES",
+    "RELATED",
+    "MAX_RELATED",
     "DETAILS",
     "REASON",
     "SEQUENCE",
@@ -45,9 +47,13 @@ TARGET_TYPE: Final = "audit.target.type"
 TARGET_ID: Final = "audit.target.id"
 TARGET_NAME: Final = "audit.target.name"
 CHANGES: Final = "audit.changes"
+RELATED: Final = "audit.related"
 DETAILS: Final = "audit.details"
 REASON: Final = "audit.reason"
 SEQUENCE: Final = "audit.sequence"
+
+MAX_RELATED: Final = 32
+"""The collector rejects an event naming more related objects."""
 
 OUTCOMES: Final = ("success", "failure", "denied")
 ACTOR_TYPES: Final = ("user", "service", "system", "api_key", "support")

@@ -54,6 +54,8 @@ class CapturedEvent:
     span_id: str | None
     attributes: dict[str, Any] = field(repr=False)
     """Every attribute as sent, by its wire name."""
+    related: list[dict[str, Any]] = field(default_factory=list)
+    """The other objects the event concerns (``audit.related``): ``[{"type", "id", "name"?}]``."""
 
 
 def _value(v: Any) -> Any:
@@ -106,6 +108,7 @@ def decode_record(record: bytes) -> CapturedEvent:
         trace_id=msg.trace_id.hex() or None,
         span_id=msg.span_id.hex() or None,
         attributes=attrs,
+        related=list(attrs.get(a.RELATED) or []),
     )
 
 

@@ -244,6 +244,10 @@ def normalize_record(record: Record, ctx: ResourceContext, received_ns: int, pol
             actor["roles"] = _roles(value)
         elif key == "audit.changes":
             doc["changes"] = _changes(value)
+        elif key == "audit.related":
+            related = _related(value, limit)
+            if related:  # an empty array is an absent section, as the envelope has it
+                doc["related"] = related
         elif key == "audit.details":
             if not isinstance(value, dict):
                 raise RecordError(f"attribute 'audit.details' must be a map (kvlist), got {_kind(value)}")
@@ -439,6 +443,40 @@ def _changes(value: Any) -> list[Any]:
     if isinstance(value, list):
         return value
     raise RecordError(f"attribute 'audit.changes' must be an array of {{field, old, new}} maps, got {_kind(value)}")
+
+
+MAX_RELATED = 32
+"""At most this many related objects per event: each is a per-object history the event shows in, and an index entry."""
+_RELATED_KEYS = frozenset(("type", "id", "name"))
+
+
+def _related(value: Any, limit: int) -> list[dict[str, str]]:
+    """``audit.related`` as a list of ``{type, id, name?}``: the other objects the event concerns.
+
+    Checked like the target, and stricter: each needs an id, because a related object exists
+    to put the event in that object's history, which is found by type and id."""
+    if isinstance(value, dict):
+        value = [value]  # one object sent as a map rather than an array of one
+    if not isinstance(value, list):
+        raise RecordError(f"attribute 'audit.related' must be an array of {{type, id, name}} maps, got {_kind(value)}")
+    if len(value) > MAX_RELATED:
+        raise RecordError(f"attribute 'audit.related' names {len(value)} objects; at most {MAX_RELATED} are accepted")
+    out: list[dict[str, str]] = []
+    for index, item in enumerate(value):
+        where = f"attribute 'audit.related' item {index}"
+        if not isinstance(item, dict):
+            raise RecordError(f"{where} must be a map with 'type', 'id' and optionally 'name', got {_kind(item)}")
+        unknown = sorted(set(item) - _RELATED_KEYS)
+        if unknown:
+            raise RecordError(f"{where} has unknown keys {unknown}: only 'type', 'id' and 'name' are accepted")
+        obj: dict[str, str] = {}
+        for name in ("type", "id", "name"):
+            if item.get(name) is not None:
+                obj[name] = _text(f"audit.related[{index}].{name}", item[name], limit)
+        if not obj.get("type") or not obj.get("id"):
+            raise RecordError(f"{where} needs a non-empty 'type' and 'id' (the object's history is found by them)")
+        out.append(obj)
+    return out
 
 
 def _kind(value: Any) -> str:

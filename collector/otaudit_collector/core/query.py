@@ -7,7 +7,14 @@ and the categories the plan allows: no filter can widen that.
 ``q`` is a list of terms: ``key:value``, ``key:"a quoted value"``, ``-key:value`` (not),
 and ``time:>value`` / ``time:>=`` / ``time:<`` / ``time:<=`` on the time the event
 happened. Keys: event, category, outcome, actor (id or email), actor_type, target_type,
-target_id, time.
+target_id, time; and, matched by equality or by prefix (a value ending in ``*``, escaped
+as ``"\\*"`` in quotes for a literal star), target_name and ``details.KEY`` (a top-level
+key of the event's details). Terms with the same key match any of their values; different
+keys, and negated terms, must all hold.
+
+``target_type`` / ``target_id`` match the event's target or any of its related objects
+(``related``): an object's history includes the events that merely concern it. Every
+condition is written in the expressions that the indexes of migrations 0001 and 0007 cover.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ __all__ = [
     "BadFilter",
     "DOCUMENT_SQL",
     "Filters",
+    "TextTerm",
     "parse_filters",
     "parse_time",
     "where_sql",
@@ -35,6 +43,8 @@ __all__ = [
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
+MAX_OBJECTS = 100
+"""At most this many (target_type, target_id) combinations in one filter: each is a lookup in the related index."""
 
 _COLUMNS = {
     "event": "event",
@@ -44,8 +54,12 @@ _COLUMNS = {
     "target_type": "target_type",
     "target_id": "target_id",
 }
-_TERM = re.compile(r'(-?)([a-z_]+):(>=|<=|>|<)?(?:"((?:[^"\\]|\\.)*)"|(\S+))')
-_TERM_START = re.compile(r"(?<!\S)-?[a-z_]+:")  # only after a blank: linear however long the words
+_KEY = r"(?:details\.[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}|[a-z_]+)"
+_TERM = re.compile(r"(-?)(" + _KEY + r'):(>=|<=|>|<)?(?:"((?:[^"\\]|\\.)*)"|(\S+))')
+_TERM_START = re.compile(r"(?<!\S)-?" + _KEY + ":")  # only after a blank: linear however long the words
+_MATCHED = ("target_name",)  # keys matched by equality or prefix, besides details.KEY
+_KEYS_HELP = "event, category, outcome, actor, actor_type, target_type, target_id, target_name, details.KEY, time"
+_TARGET_NAME_SQL = "(doc #>> '{target,name}')"
 
 
 class BadFilter(ValueError):
@@ -65,9 +79,21 @@ class Filters:
     limit: int = DEFAULT_LIMIT
     cursor: tuple[dt.datetime, int] | None = None
 
+    text: list[TextTerm] = field(default_factory=list)  # target_name and details.KEY terms
+
     @property
     def categories(self) -> list[str]:
         return self.equal.get("category", [])
+
+
+@dataclass(frozen=True, slots=True)
+class TextTerm:
+    """A q term on the target's name or on a details key: equal to ``value``, or starting with it."""
+
+    key: str  # "target_name" or "details.KEY"
+    value: str
+    prefix: bool = False
+    negated: bool = False
 
 
 def parse_time(value: str, parameter: str) -> dt.datetime:
@@ -115,6 +141,10 @@ def parse_filters(params: Mapping[str, Sequence[str]]) -> Filters:
     for outcome in out.equal.get("outcome", []):
         if outcome not in ("success", "failure", "denied"):
             raise BadFilter("outcome", f"'{outcome}' is not one of success, failure, denied")
+    # Distinct values: the same id named twice is one lookup.
+    pairs = max(1, len(set(out.equal.get("target_type", [])))) * max(1, len(set(out.equal.get("target_id", []))))
+    if pairs > MAX_OBJECTS:
+        raise BadFilter("target_id", f"{pairs} type and id combinations; at most {MAX_OBJECTS}: ask for fewer objects at a time")
     if out.since and out.until and out.since >= out.until:
         raise BadFilter("until", "must be after since")
     return out
@@ -134,10 +164,12 @@ def _parse_q(text: str, out: Filters) -> None:
             after = _TERM_START.search(text, pos + 1)
             gap = text[pos : after.start() if after else len(text)].strip()
             shown = gap if len(gap) <= 80 else gap[:80] + "..."
-            raise BadFilter("q", f"'{shown}' is not a key:value term (keys: {', '.join(sorted({*_COLUMNS, 'actor', 'time'}))})")
+            raise BadFilter("q", f"'{shown}' is not a key:value term (keys: {_KEYS_HELP})")
         pos = match.end()
         negated, key, op, quoted, plain = match.groups()
         value = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else plain
+        # A trailing "*" asks for a prefix, unless escaped inside quotes ("a\\*": a literal star).
+        starred = plain.endswith("*") if quoted is None else _ends_with_unescaped_star(quoted)
         if key == "time":
             if negated or not op:
                 raise BadFilter("q", f"time takes a comparison: time:>VALUE, time:>=, time:< or time:<= (in '{match[0]}')")
@@ -147,14 +179,32 @@ def _parse_q(text: str, out: Filters) -> None:
             else:
                 out.until = min(out.until, when) if out.until else when
             continue
-        if key not in _COLUMNS and key != "actor":
-            raise BadFilter("q", f"unknown key '{key}' (keys: {', '.join(sorted({*_COLUMNS, 'actor', 'time'}))})")
         if op:
             raise BadFilter("q", f"only time takes a comparison, not {key} (in '{match[0]}')")
+        if key in _MATCHED or key.startswith("details."):
+            if "\x00" in value:
+                raise BadFilter("q", f"the value of {key} contains a NUL character, which no stored text holds: remove it")
+            out.text.append(TextTerm(key, value[:-1] if starred else value, starred, bool(negated)))
+            continue
+        if key not in _COLUMNS and key != "actor":
+            raise BadFilter("q", f"unknown key '{key}' (keys: {_KEYS_HELP})")
+        if starred:
+            raise BadFilter(
+                "q",
+                f"a prefix (a trailing *) works on target_name and details.KEY only, not {key} (in '{match[0]}');"
+                ' to match a literal *, quote the value and escape it: key:"value\\*"',
+            )
         if negated:
             out.not_equal.append((key, value))
         else:
             out.equal.setdefault(key, []).append(value)
+
+
+def _ends_with_unescaped_star(quoted: str) -> bool:
+    if not quoted.endswith("*"):
+        return False
+    before = quoted[:-1]
+    return (len(before) - len(before.rstrip("\\"))) % 2 == 0  # an odd run of backslashes escapes the star
 
 
 # An event as the API shows it: the normalized document with seq and received_at, as
@@ -189,9 +239,13 @@ def where_sql(tenant: str, categories: Sequence[str] | None, filters: Filters) -
     if categories is not None:
         where.append("category = ANY(%s)")
         params.append(list(categories))
+    object_sql, object_params = _object_sql(filters.equal.get("target_type", []), filters.equal.get("target_id", []))
+    if object_sql:
+        where.append(object_sql)
+        params += object_params
     for key, values in filters.equal.items():
-        if key == "category":
-            continue  # already the categories argument, checked against the plan
+        if key in ("category", "target_type", "target_id"):
+            continue  # the plan's categories, and the object above
         if key == "actor":
             where.append("(actor_id = ANY(%s) OR actor_email = ANY(%s))")
             params += [values, values]
@@ -202,9 +256,16 @@ def where_sql(tenant: str, categories: Sequence[str] | None, filters: Filters) -
         if key == "actor":
             where.append("(actor_id IS DISTINCT FROM %s AND actor_email IS DISTINCT FROM %s)")
             params += [value, value]
+        elif key in ("target_type", "target_id"):
+            sql, more = _object_sql([value] if key == "target_type" else [], [value] if key == "target_id" else [])
+            where.append(f"NOT coalesce({sql}, false)")
+            params += more
         else:
             where.append(f"{_COLUMNS[key]} IS DISTINCT FROM %s")
             params.append(value)
+    text_sql, text_params = _text_sql(filters.text)
+    where += text_sql
+    params += text_params
     if filters.since is not None:
         where.append("occurred_at >= %s")
         params.append(filters.since)
@@ -212,6 +273,97 @@ def where_sql(tenant: str, categories: Sequence[str] | None, filters: Filters) -
         where.append("occurred_at < %s")
         params.append(filters.until)
     return " AND ".join(where), params
+
+
+def _object_sql(types: Sequence[str], ids: Sequence[str]) -> tuple[str, list[Any]]:
+    """The events about an object of one of ``types`` with one of ``ids``: as their target, or
+    among their related objects. Empty when neither is given.
+
+    The target side is the (tenant, target_type, target_id) index; the related side is one
+    containment test per (type, id) pair on ``doc->'related'`` (GIN, migration 0007), ORed:
+    the planner answers each with a bitmap and unions them."""
+    if not types and not ids:
+        return "", []
+    target: list[str] = []
+    params: list[Any] = []
+    if types:
+        target.append("target_type = ANY(%s)")
+        params.append(list(types))
+    if ids:
+        target.append("target_id = ANY(%s)")
+        params.append(list(ids))
+    related = []
+    any_one: list[str | None] = [None]
+    for kind in [*types] or any_one:
+        for ident in [*ids] or any_one:
+            obj = {key: value for key, value in (("type", kind), ("id", ident)) if value is not None}
+            related.append("(doc -> 'related') @> %s::jsonb")
+            params.append(json.dumps([obj]))
+    return f"(({' AND '.join(target)}) OR {' OR '.join(related)})", params
+
+
+def _text_sql(terms: Sequence[TextTerm]) -> tuple[list[str], list[Any]]:
+    """Conditions for q's target_name and details.KEY terms: positive terms with the same key
+    match any of their values; each negated term must not match (an absent value does not)."""
+    where: list[str] = []
+    params: list[Any] = []
+    anyof: dict[str, tuple[list[str], list[Any]]] = {}
+    for term in terms:
+        sql, more = _text_condition(term)
+        if term.negated:
+            where.append(f"NOT coalesce({sql}, false)")
+            params += more
+        else:
+            group = anyof.setdefault(term.key, ([], []))
+            group[0].append(sql)
+            group[1].extend(more)
+    for sqls, more in anyof.values():
+        where.append(sqls[0] if len(sqls) == 1 else f"({' OR '.join(sqls)})")
+        params += more
+    return where, params
+
+
+def _text_condition(term: TextTerm) -> tuple[str, list[Any]]:
+    if term.key == "target_name":
+        # Equality, or a byte-wise range [prefix, next) that the text_pattern_ops index of
+        # migration 0007 answers, with or without the value known at planning time.
+        if not term.prefix:
+            return f"{_TARGET_NAME_SQL} = %s", [term.value]
+        if term.value == "":
+            return f"{_TARGET_NAME_SQL} IS NOT NULL", []
+        upper = _after_prefix(term.value)
+        if upper is None:
+            return f"{_TARGET_NAME_SQL} ~>=~ %s", [term.value]
+        return f"({_TARGET_NAME_SQL} ~>=~ %s AND {_TARGET_NAME_SQL} ~<~ %s)", [term.value, upper]
+    name = term.key[len("details.") :]
+    if term.prefix:
+        # Not indexable for an arbitrary key: the tenant and time indexes bound it.
+        return "starts_with((doc -> 'details') ->> %s, %s)", [name, term.value]
+    # Equality by containment (GIN, migration 0007): the value as text, and as the JSON
+    # number, boolean or null it spells, since q cannot say which the emitter sent.
+    candidates: list[Any] = [term.value]
+    try:
+        parsed = json.loads(term.value)
+    except ValueError:
+        pass
+    else:
+        if parsed is None or isinstance(parsed, (bool, int, float)):
+            candidates.append(parsed)
+    sqls = ["(doc -> 'details') @> %s::jsonb"] * len(candidates)
+    values = [json.dumps({name: c}) for c in candidates]
+    return (sqls[0] if len(sqls) == 1 else f"({' OR '.join(sqls)})"), values
+
+
+def _after_prefix(prefix: str) -> str | None:
+    """The least text greater than every text starting with ``prefix``, in code point (= UTF-8
+    byte) order; None when there is none (the prefix is all U+10FFFF)."""
+    while prefix:
+        last = ord(prefix[-1])
+        if last < 0x10FFFF:
+            following = last + 1 if last + 1 != 0xD800 else 0xE000  # surrogates are not text
+            return prefix[:-1] + chr(following)
+        prefix = prefix[:-1]
+    return None
 
 
 def events_sql(tenant: str, categories: Sequence[str] | None, filters: Filters, *, columns: str) -> tuple[str, list[Any]]:
