@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 import requests
-from support import RunningCollector, otaudit, settings_for, wait_until
+from support import REPO, RunningCollector, otaudit, settings_for, wait_until
 from test_api_reads import ACCESS, GROUP, ROLE, Api, send, services, set_plan, token
 
 from otaudit_collector.core.export import CSV_COLUMNS, sign_download, signing_key
@@ -75,10 +75,17 @@ def test_csv_flattens_the_event_and_neutralizes_formulas(trail: dict[str, Any]) 
     assert first["changes"] == "\n".join(f"{c['field']}: {readable(c['old'])} -> {readable(c['new'])}" for c in ROLE["changes"])
     assert first["actor_email"] == "ann@acme.test" and first["actor_roles"] == ", ".join(ROLE["actor"]["roles"])
     assert first["category"] == "accounts_configuration" and first["outcome"] == "success"
+    assert first["event"] == "updateRole" and first["title"] == "Role updated"  # the catalog's title, from SQL
     assert first["occurred_at"].endswith("Z") and first["received_at"].endswith("Z") and int(first["seq"]) >= 1
     assert json.loads(first["details"] or "null") == (ROLE.get("details") or None)
     with_bom = export(api, format="csv", event="updateRole", bom="true").content
     assert with_bom.startswith(b"\xef\xbb\xbf" + b"occurred_at,") and with_bom[3:] == answer.content
+
+
+def test_the_readme_lists_the_csv_header() -> None:
+    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    assert f"The CSV has a fixed header (`{', '.join(HEADER)}`)" in readme
+    assert HEADER[HEADER.index("event") + 1] == "title"
 
 
 def test_changes_read_as_field_old_new_lines(trail: dict[str, Any]) -> None:
@@ -125,7 +132,7 @@ def test_the_plan_roles_and_tenants_bound_every_export(trail: dict[str, Any]) ->
     refused_q = api.get("/v1/export", format="ndjson", q="category:inventory_configuration")
     assert refused_q.status_code == 403
     clamped = export(api, format="csv", since=int(time.time()) - 400 * 86_400)
-    assert "query window of 90 days" in clamped.headers["X-Otaudit-Since-Clamped"]
+    assert "query window of 365 days" in clamped.headers["X-Otaudit-Since-Clamped"]
     set_plan(collector.conninfo, "acme", "pro")
     assert "inventory_configuration" in {r["category"] for r in rows_of(export(api, format="csv").text)}
 
@@ -143,7 +150,7 @@ def test_the_plan_roles_and_tenants_bound_every_export(trail: dict[str, Any]) ->
     ("params", "words"),
     [
         ({}, "format: give one of csv, ndjson, json"),
-        ({"format": "xlsx"}, "format: 'xlsx' is not one of csv, ndjson, json"),
+        ({"format": "xls"}, "format: 'xls' is not one of csv, ndjson, json, xlsx"),
         ({"format": "csv", "bom": "perhaps"}, "bom: 'perhaps' is not true or false"),
         ({"format": "csv", "since": "yesterday"}, "since: 'yesterday' is not an RFC 3339 time"),
         ({"format": "csv", "q": "bogus:1"}, "q: unknown key 'bogus'"),
@@ -226,9 +233,9 @@ def test_export_jobs_sign_urls_that_survive_a_restart(db: str) -> None:
         wait_until(lambda: api.ok(f"/v1/exports/{job['id']}")["state"] == "done", 30, "the export job")
         done = api.ok(f"/v1/exports/{job['id']}")
         assert done["rows"] == 25 and done["total"] == 25 and done["progress"] == 1.0 and done["error"] is None
-        url = done["download_url"]
-        assert url.startswith(f"/v1/exports/{job['id']}/download?expires=")
-        body = requests.get(first.api_url + url, timeout=30)  # no token: the URL is signed
+        assert done["download_url"].startswith(f"{first.api_url}/v1/exports/{job['id']}/download?expires=")  # a full URL
+        url = done["download_url"].removeprefix(first.api_url)
+        body = requests.get(done["download_url"], timeout=30)  # no token: the URL is signed
         assert body.status_code == 200 and body.headers["Content-Type"] == "application/x-ndjson"
         assert [json.loads(line)["id"] for line in body.text.splitlines()] == list(reversed(ids))
     finally:
@@ -272,7 +279,7 @@ def test_a_job_whose_collector_died_is_taken_over_and_finished(db: str) -> None:
         wait_until(lambda: api.ok("/v1/exports/exp_crashed")["state"] == "done", 30, "the job to be taken over")
         job = api.ok("/v1/exports/exp_crashed")
         assert job["rows"] == 10
-        body = requests.get(collector.api_url + job["download_url"], timeout=30).text
+        body = requests.get(job["download_url"], timeout=30).text
         assert "half a file" not in body and len(rows_of(body)) == 10
         with psycopg.connect(db) as conn:
             assert conn.execute("SELECT attempts FROM export_jobs WHERE id = 'exp_crashed'").fetchone() == (2,)

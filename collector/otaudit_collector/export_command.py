@@ -5,6 +5,9 @@ Two ways in:
   downloaded from its signed URL. The token's tenant, role and plan apply;
 - straight from the database (``--tenant``), for operators: the same COPY the API runs,
   every category, no plan. It is recorded in the tenant's trail like an API export.
+
+Without ``-o`` the file lands in the current folder as ``otaudit-TENANT-TIME.FORMAT``; the last
+line printed names the full path written, so nobody has to guess where it went.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import IO, Any
 
 import psycopg
 
+from otaudit_collector._text import plural
 from otaudit_collector.core.export import Format
 from otaudit_collector.core.query import parse_filters, where_sql
 from otaudit_collector.core.tokens import Principal
@@ -74,15 +78,18 @@ def _size(n: int) -> str:
 
 
 class _Target:
-    """The output file, written as NAME.part and renamed when complete (``-``: standard output)."""
+    """The output file, written as NAME.part and renamed when complete (``-``: standard output).
+
+    ``name`` is what the last line reports: the file's full path, or ``standard output``."""
 
     def __init__(self, output: str) -> None:
-        self.name = output
         if output == "-":
+            self.name = "standard output"
             self.path = None
             self.file: IO[bytes] = sys.stdout.buffer
         else:
-            self.path = Path(output)
+            self.path = Path(output).absolute()
+            self.name = str(self.path)
             self.part = self.path.with_name(self.path.name + ".part")
             self.file = self.part.open("wb")
 
@@ -152,7 +159,8 @@ def export_via_api(
         return 1
     target = _Target(output or _default_name("export", fmt))
     try:
-        with urllib.request.urlopen(base + job["download_url"], timeout=60) as answer:
+        # A full URL (on exports.public_url, or on the host asked); joined, an older collector's path works too.
+        with urllib.request.urlopen(urllib.parse.urljoin(base + "/", job["download_url"]), timeout=60) as answer:
             while block := answer.read(1 << 20):
                 target.file.write(block)
         target.done()
@@ -160,7 +168,7 @@ def export_via_api(
         target.abandon()
         progress.finish(f"otaudit: the download of export job {job['id']} failed: {exc}")
         return 1
-    progress.finish(f"wrote {job['rows']:,} events ({_size(job['bytes'])}) to {target.name}")
+    progress.finish(f"wrote {plural(job['rows'], 'event', thousands=True)} ({_size(job['bytes'])}) to {target.name}")
     return 0
 
 
@@ -199,14 +207,15 @@ async def export_from_database(
                 async def shown(rows: int) -> None:
                     progress.update(rows, total)
 
-                rows = await store.stream_export(conn, fmt, bom, where, params, sink, shown)
+                sheet_rows = int(settings.get("exports", "xlsx_sheet_rows"))
+                rows = await store.stream_export(conn, fmt, bom, where, params, sink, shown, sheet_rows=sheet_rows)
         target.done()
     except BaseException:
         target.abandon()
         raise
     progress.update(rows, total, force=True)
     await _audit(settings, conninfo, tenant, fmt, filters, rows)
-    progress.finish(f"wrote {rows:,} events ({_size(written)}) to {target.name}")
+    progress.finish(f"wrote {plural(rows, 'event', thousands=True)} ({_size(written)}) to {target.name}")
     return 0
 
 

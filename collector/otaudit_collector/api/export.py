@@ -1,10 +1,11 @@
 """The export routes of the admin API (shared/design/api.md) and the export job runner.
 
-- ``GET /v1/export`` streams every matching event as CSV, NDJSON or JSON: one COPY from
-  PostgreSQL, no row cap, constant memory.
+- ``GET /v1/export`` streams every matching event as CSV, NDJSON, JSON or xlsx: one COPY from
+  PostgreSQL, no row cap, constant memory (an xlsx file is completed on disk first, then sent).
 - ``POST /v1/exports`` makes a job; any replica's ``ExportRunner`` writes its file into the
   database; ``GET /v1/exports/{id}`` reports progress and, when done, a signed download URL
-  that any replica honours until it expires.
+  that any replica honours until it expires: a full URL, on ``exports.public_url`` when set, else on
+  the scheme and ``Host`` of the request that asked (forwarded headers are not trusted).
 
 Exports need an admin token and obey the plan like every read route; so do a job's status
 and therefore its signed download URL (an auditor cannot obtain one). Each export is recorded
@@ -34,6 +35,7 @@ from otaudit_collector.api.reads import READS, error, iso, plan_filters, princip
 from otaudit_collector.core.export import (
     FILTER_PARAMETERS,
     FORMATS,
+    XLSX_SHEET_ROWS,
     Format,
     StreamSlots,
     check_download,
@@ -62,6 +64,8 @@ class ExportContext:
     stall_timeout_seconds: float = 60.0
     url_ttl_seconds: int = 3600
     keep: dt.timedelta = dt.timedelta(hours=24)
+    public_url: str | None = None
+    xlsx_sheet_rows: int = XLSX_SHEET_ROWS
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     metrics: Metrics = field(default_factory=Metrics)
     slots: StreamSlots = field(init=False)
@@ -202,7 +206,9 @@ async def _export(request: web.Request) -> web.StreamResponse:
             try:
                 await response.prepare(request)
                 sink = _within(response.write, ctx.stall_timeout_seconds)
-                rows = await store.stream_export(conn, fmt, bom, where, where_params, sink, progress)
+                rows = await store.stream_export(
+                    conn, fmt, bom, where, where_params, sink, progress, sheet_rows=ctx.xlsx_sheet_rows
+                )
             except Stalled as exc:
                 log.warning("export cut off: its client stopped reading", extra={"tenant": tenant, "rows": rows})
                 await failed(str(exc))
@@ -294,7 +300,16 @@ async def _audit_failure(record: Awaitable[None]) -> None:
 # -- jobs ------------------------------------------------------------------------------
 
 
-def job_view(ctx: ExportContext, job: dict[str, Any], now: float) -> dict[str, Any]:
+def public_base(request: web.Request, public_url: str | None) -> str:
+    """Where a client reaches this API: ``exports.public_url`` when configured (behind a proxy that
+    rewrites the host), else the scheme and ``Host`` header of ``request`` as received."""
+    if public_url:
+        return public_url.rstrip("/")
+    return f"{request.scheme}://{request.host}"
+
+
+def job_view(ctx: ExportContext, job: dict[str, Any], now: float, base: str) -> dict[str, Any]:
+    """A job as the API shows it; ``base`` (``public_base``) makes its download URL a full one."""
     state = job["state"]
     total = job["total"]
     progress = None
@@ -307,7 +322,7 @@ def job_view(ctx: ExportContext, job: dict[str, Any], now: float) -> dict[str, A
         until = min(now + ctx.url_ttl_seconds, (job["finished_at"] + ctx.keep).timestamp())
         if until > now:
             expires = int(until)
-            url = sign_download(ctx.signing_key, job["id"], expires)
+            url = base + sign_download(ctx.signing_key, job["id"], expires)
     return {
         "id": job["id"],
         "state": state,
@@ -353,7 +368,7 @@ async def _create_job(request: web.Request) -> web.Response:
         )
     ctx.metrics.export_jobs_created.inc()
     ctx.wake.set()
-    answer = job_view(ctx, job, time.time())
+    answer = job_view(ctx, job, time.time(), public_base(request, ctx.public_url))
     if notice:
         answer["since_clamped"] = notice
     return web.json_response(answer, status=202, headers={"Location": f"/v1/exports/{job['id']}"})
@@ -369,7 +384,7 @@ async def _job(request: web.Request) -> web.Response:
         job = await store.get_job(conn, principal.tenant, request.match_info["id"])
     if job is None:
         return error(404, "not_found", f"no export job {request.match_info['id']!r} in this tenant")
-    return web.json_response(job_view(ctx, job, time.time()))
+    return web.json_response(job_view(ctx, job, time.time(), public_base(request, ctx.public_url)))
 
 
 async def _download(request: web.Request) -> web.StreamResponse:
@@ -482,7 +497,9 @@ class ExportRunner:
         log.info("export job %s: running (attempt %d)", job["id"], job["attempts"])
         try:
             with metrics.export_jobs_running.track_inprogress():
-                rows = await store.run_job(self.ctx.conninfo, job, self.owner, self.lease_seconds)
+                rows = await store.run_job(
+                    self.ctx.conninfo, job, self.owner, self.lease_seconds, sheet_rows=self.ctx.xlsx_sheet_rows
+                )
         except store.LeaseLost:
             log.warning("export job %s: another collector took it over", job["id"])
             return True

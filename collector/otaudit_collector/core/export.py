@@ -1,18 +1,25 @@
-"""Exports: the formats, the CSV columns, the COPY statement that writes them, and the
-signed download URLs of export jobs.
+"""Exports: the formats, the CSV columns, the COPY statement that writes them, the typed
+cells of an xlsx sheet row, and the signed download URLs of export jobs.
 
 Pure. The flattening and the formula neutralizing happen inside PostgreSQL (the
 ``otaudit_csv_*`` functions of migrations 0003 and 0006), so an export is one ``COPY (SELECT ...)
 TO STDOUT`` whose rows pass through Python untouched. ``spreadsheet_cell`` is the same
 neutralizing rule in Python: the one definition the SQL is tested against, for every
 spreadsheet format to come.
+
+An xlsx export is the CSV's rows turned into sheet rows (``sheet_row``): the same columns and
+the same neutralized text (written as text cells, which a spreadsheet never runs as formulas;
+the apostrophe is kept so that a cell copied out of the sheet stays inert too), with the two
+times as real dates in UTC and the sequence numbers as numbers.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +29,11 @@ __all__ = [
     "Format",
     "FORMATS",
     "CSV_COLUMNS",
+    "XLSX_CONTENT_TYPE",
+    "XLSX_SHEET_ROWS",
+    "XLSX_CELL_CHARS",
+    "SheetCell",
+    "sheet_row",
     "FILTER_PARAMETERS",
     "format_named",
     "copy_sql",
@@ -48,7 +60,9 @@ FORMATS = {
     "csv": Format("csv", "text/csv; charset=utf-8", "csv"),
     "ndjson": Format("ndjson", "application/x-ndjson", "ndjson"),
     "json": Format("json", "application/json", "json"),
+    "xlsx": Format("xlsx", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", "xlsx"),
 }
+XLSX_CONTENT_TYPE = FORMATS["xlsx"].content_type
 
 FILTER_PARAMETERS = ("category", "event", "actor", "target_type", "target_id", "outcome", "since", "until", "q")
 """The filters an export takes: those of GET /v1/events without limit and cursor."""
@@ -67,6 +81,8 @@ CSV_COLUMNS: tuple[tuple[str, str], ...] = (
     ("tenant", _cell("tenant")),
     ("category", _cell("category")),
     ("event", _cell("event")),
+    # The catalog's title (migration 0009's catalog_titles, written by the collector as it loads its catalogs).
+    ("title", _cell("(SELECT t.title FROM catalog_titles t WHERE t.category = events.category AND t.event = events.event)")),
     ("outcome", _cell("outcome")),
     ("actor_type", _cell("actor_type")),
     ("actor_id", _cell("actor_id")),
@@ -110,7 +126,7 @@ def copy_sql(fmt: Format, where: str) -> str:
     # Qualified: the JSON document's "occurred_at" output column would otherwise shadow the
     # table's, and PostgreSQL would sort by text instead of walking the time index.
     order = "ORDER BY events.occurred_at, events.seq"
-    if fmt.name == "csv":
+    if fmt.name in ("csv", "xlsx"):  # an xlsx sheet is made of the CSV's rows (storage.exports)
         columns = ", ".join(f"{expr} AS {name}" for name, expr in CSV_COLUMNS)
         return f"COPY (SELECT {columns} FROM events WHERE {where} {order}) TO STDOUT WITH (FORMAT csv)"
     return f"COPY (SELECT {DOCUMENT_SQL} FROM events WHERE {where} {order}) TO STDOUT WITH ({_VERBATIM})"
@@ -133,6 +149,10 @@ def filters_from_body(body: Any) -> tuple[Format, bool, dict[str, list[str]]]:
         if key not in FILTER_PARAMETERS:
             raise BadFilter(key, f"unknown field; an export takes format, bom and the filters {', '.join(FILTER_PARAMETERS)}")
         values = value if isinstance(value, list) else [value]
+        if key in ("since", "until"):  # job platforms send times as numbers: Unix seconds, as the query string takes
+            values = [_unix_seconds(v) if _is_number(v) else v for v in values]
+            if not all(isinstance(v, str) for v in values):
+                raise BadFilter(key, "must be an RFC 3339 time (a string) or Unix seconds (a number or a string)")
         if not all(isinstance(v, str) for v in values):
             raise BadFilter(key, "must be a string or a list of strings")
         if not all(_is_unicode(v) for v in values):  # JSON's "\ud800": nothing PostgreSQL or an audit event can hold
@@ -143,6 +163,78 @@ def filters_from_body(body: Any) -> tuple[Format, bool, dict[str, list[str]]]:
         raise BadFilter("bom", "must be true or false")
     fmt = body.get("format")
     return format_named(fmt if isinstance(fmt, str) else None), bom, params
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _unix_seconds(value: float) -> str:
+    """A JSON number as the Unix seconds ``parse_time`` reads (no exponent); NaN and infinities stay unreadable."""
+    if isinstance(value, int) or value.is_integer():
+        return str(int(value))
+    return f"{value:.6f}"
+
+
+# -- xlsx sheet rows ---------------------------------------------------------------------
+
+XLSX_SHEET_ROWS = 1_048_575
+"""Events on one sheet of an xlsx export: Excel's 1,048,576 rows less the header; more go on the next sheet."""
+XLSX_CELL_CHARS = 32_767
+"""The most characters (UTF-16 code units) a spreadsheet cell holds."""
+
+SheetCell = str | int | dt.datetime | None
+"""A cell of an xlsx row: text, a whole number, a naive UTC time, or nothing."""
+
+_DATE_COLUMNS = frozenset({"occurred_at", "received_at"})
+_NUMBER_COLUMNS = frozenset({"seq", "source_sequence"})
+_EXACT_INTEGER = re.compile(r"-?[0-9]{1,15}")  # what a spreadsheet's double holds exactly
+_CUT = " [cut: a spreadsheet cell holds 32,767 characters; a CSV or NDJSON export has it whole]"
+
+
+def sheet_row(cells: Sequence[str]) -> list[SheetCell]:
+    """An xlsx row from a CSV row of ``CSV_COLUMNS`` (text already neutralized by ``otaudit_csv_cell``).
+
+    Empty cells stay empty; ``occurred_at`` and ``received_at`` become times in UTC (naive, as
+    spreadsheets hold them); ``seq`` and ``source_sequence`` numbers; any other text stays text,
+    cut to what a cell holds (the cut keeps its start, so the apostrophe of a neutralized cell too).
+    """
+    return [_sheet_cell(name, text) for (name, _), text in zip(CSV_COLUMNS, cells, strict=True)]
+
+
+def _sheet_cell(column: str, text: str) -> SheetCell:
+    if text == "":
+        return None
+    if column in _DATE_COLUMNS:
+        when = _utc_time(text)
+        if when is not None:
+            return when
+    elif column in _NUMBER_COLUMNS and _EXACT_INTEGER.fullmatch(text):
+        return int(text)
+    return _fit(text)
+
+
+def _utc_time(text: str) -> dt.datetime | None:
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if when.tzinfo is not None:
+        when = when.astimezone(dt.UTC).replace(tzinfo=None)
+    return when if when.year >= 1900 else None  # a spreadsheet's dates start in 1900: earlier ones stay text
+
+
+def _utf16_units(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _fit(text: str) -> str:
+    if len(text) <= XLSX_CELL_CHARS // 2 or _utf16_units(text) <= XLSX_CELL_CHARS:
+        return text
+    room = XLSX_CELL_CHARS - len(_CUT)
+    kept = text[:room]
+    excess = _utf16_units(kept) - room  # characters beyond the Basic Multilingual Plane take two units
+    return (kept[: len(kept) - excess] if excess > 0 else kept) + _CUT
 
 
 # -- formula neutralizing -----------------------------------------------------------------

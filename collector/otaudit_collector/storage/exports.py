@@ -4,22 +4,30 @@ A job's file is written into ``export_chunks`` (migration 0003), so any collecto
 can serve its download, after a restart too. Jobs are claimed with ``FOR UPDATE SKIP
 LOCKED`` under a lease that the running collector renews as it writes; a job whose
 collector died is claimed again once its lease runs out and starts over.
+
+An xlsx file cannot be sent before it is whole (a zip's directory comes last): its sheets are
+written, in constant memory, to a temporary file as the COPY's CSV rows arrive, and that file is
+then handed to the sink like any other export's bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import csv
 import datetime as dt
+import io
 import json
 import logging
 import secrets
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import IO, Any
 
 import psycopg
+import xlsxwriter  # type: ignore[import-untyped]  # no type hints shipped
 from psycopg.rows import dict_row
 
-from otaudit_collector.core.export import FORMATS, Format, copy_sql, csv_header
+from otaudit_collector.core.export import CSV_COLUMNS, FORMATS, XLSX_SHEET_ROWS, Format, copy_sql, csv_header, sheet_row
 from otaudit_collector.core.query import parse_filters, where_sql
 
 __all__ = [
@@ -64,11 +72,16 @@ async def stream_export(
     params: list[Any],
     sink: Sink,
     progress: Callable[[int], Awaitable[None]] | None = None,
+    *,
+    sheet_rows: int = XLSX_SHEET_ROWS,
 ) -> int:
     """COPY the matching events to ``sink`` in ``fmt``; returns the rows written.
 
     PostgreSQL sends one COPY message per row, so rows are counted without being parsed.
+    ``sheet_rows``: events per sheet of an xlsx file (Excel's limit by default).
     """
+    if fmt.name == "xlsx":
+        return await _stream_xlsx(conn, where, params, sink, progress, sheet_rows)
     rows = 0
     parts: list[bytes | bytearray | memoryview] = []
     size = 0
@@ -95,6 +108,95 @@ async def stream_export(
     if as_array:
         parts.append(b"\n]\n" if rows else b"]\n")
     await sink(b"".join(parts))
+    return rows
+
+
+class _Book:
+    """An xlsx workbook written in constant memory (XlsxWriter writes each row to disk as it comes) to a
+    temporary file: sheets named ``events``, ``events 2``... of at most ``sheet_rows`` events below the header.
+
+    Text is written with ``write_string``: a text cell is never a formula, whatever it holds.
+    """
+
+    def __init__(self, file: IO[bytes], sheet_rows: int) -> None:
+        if sheet_rows < 1:
+            raise ValueError("sheet_rows must be at least 1")
+        self.sheet_rows = sheet_rows
+        self.book = xlsxwriter.Workbook(file, {"constant_memory": True})
+        self.header = self.book.add_format({"bold": True})
+        self.time = self.book.add_format({"num_format": "yyyy-mm-dd hh:mm:ss.000"})
+        self.sheets = 0
+        self.row = 0
+        self.sheet: Any = None
+        self._new_sheet()
+
+    def _new_sheet(self) -> None:
+        self.sheets += 1
+        self.sheet = self.book.add_worksheet("events" if self.sheets == 1 else f"events {self.sheets}")
+        for col, (name, _) in enumerate(CSV_COLUMNS):
+            self.sheet.write_string(0, col, name, self.header)
+            if name.endswith("_at"):
+                self.sheet.set_column(col, col, 23)
+        self.sheet.freeze_panes(1, 0)
+        self.row = 0
+
+    def add(self, csv_text: str) -> int:
+        """Write the CSV rows of ``csv_text`` (whole rows, as COPY sent them); returns how many."""
+        count = 0
+        for cells in csv.reader(io.StringIO(csv_text, newline="")):
+            if self.row == self.sheet_rows:
+                self._new_sheet()
+            self.row += 1
+            for col, value in enumerate(sheet_row(cells)):
+                if value is None:
+                    continue
+                if isinstance(value, str):
+                    self.sheet.write_string(self.row, col, value)
+                elif isinstance(value, int):
+                    self.sheet.write_number(self.row, col, value)
+                else:
+                    self.sheet.write_datetime(self.row, col, value, self.time)
+            count += 1
+        return count
+
+    def close(self) -> None:
+        self.book.close()
+
+
+async def _stream_xlsx(
+    conn: psycopg.AsyncConnection[Any],
+    where: str,
+    params: list[Any],
+    sink: Sink,
+    progress: Callable[[int], Awaitable[None]] | None,
+    sheet_rows: int,
+) -> int:
+    """Write the xlsx file (in a worker thread: zipping and XML are CPU work the event loop must not wait for)
+    to a temporary file, then hand it to ``sink`` in blocks. Its rows are the CSV export's."""
+    rows = 0
+    with tempfile.TemporaryFile(prefix="otaudit-export-", suffix=".xlsx") as file:
+        book = await asyncio.to_thread(_Book, file, sheet_rows)
+        try:
+            parts: list[bytes] = []
+            size = 0
+            async with conn.cursor().copy(copy_sql(FORMATS["xlsx"], where), params) as copy:
+                async for data in copy:
+                    parts.append(bytes(data))
+                    size += len(data)
+                    if size >= BLOCK_BYTES:
+                        rows += await asyncio.to_thread(book.add, b"".join(parts).decode("utf-8"))
+                        parts.clear()
+                        size = 0
+                        if progress is not None:
+                            await progress(rows)
+            rows += await asyncio.to_thread(book.add, b"".join(parts).decode("utf-8"))
+        finally:
+            await asyncio.to_thread(book.close)  # also on failure: it removes the sheets' own temporary files
+        file.seek(0)
+        while block := await asyncio.to_thread(file.read, BLOCK_BYTES):
+            await sink(block)
+            if progress is not None:
+                await progress(rows)  # a job renews its lease while its file is stored
     return rows
 
 
@@ -155,7 +257,9 @@ class LeaseLost(Exception):
     """Another collector took the job over (this one was too slow to renew its lease)."""
 
 
-async def run_job(conninfo: str, job: dict[str, Any], owner: str, lease_seconds: float) -> int:
+async def run_job(
+    conninfo: str, job: dict[str, Any], owner: str, lease_seconds: float, *, sheet_rows: int = XLSX_SHEET_ROWS
+) -> int:
     """Write a claimed job's file into export_chunks; returns its rows. Marks it done or failed."""
     async with (
         await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as control,
@@ -205,7 +309,7 @@ async def run_job(conninfo: str, job: dict[str, Any], owner: str, lease_seconds:
             async with reader.transaction():
                 total = await count_rows(reader, where, params)
                 await control.execute("UPDATE export_jobs SET total = %s WHERE id = %s", (total, job["id"]))
-                rows = await stream_export(reader, fmt, job["bom"], where, params, sink, progress)
+                rows = await stream_export(reader, fmt, job["bom"], where, params, sink, progress, sheet_rows=sheet_rows)
             if buffer:
                 await flush_chunk(bytes(buffer))
             cur = await control.execute(
