@@ -161,13 +161,13 @@ def test_a_first_serve_prints_a_bootstrap_admin_token_once(db: str, tmp_path: Pa
     first = CollectorProcess(args, env=env, cwd=tmp_path).start()
     try:
         banner = "".join(first.output)
-        assert "No admin token existed: this one is for tenant 'default'" in banner
+        assert "No admin token existed: this one is for tenant 'acme'" in banner
         [text] = [line.strip() for line in first.output if parse_token(line)]
     finally:
         assert first.terminate() == 0
     with psycopg.connect(db) as conn:
         principal = access.authenticate(conn, text, PEPPER)
-    assert principal is not None and (principal.tenant, principal.role, principal.name) == ("default", "admin", "bootstrap admin")
+    assert principal is not None and (principal.tenant, principal.role, principal.name) == ("acme", "admin", "bootstrap admin")
     second = CollectorProcess(args, env=env, cwd=tmp_path).start()
     try:
         assert not any(parse_token(line) for line in second.output)

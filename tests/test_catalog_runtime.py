@@ -424,4 +424,26 @@ def test_packs_load_without_the_bundled_defaults() -> None:
     settings = load_settings(None, environ={}, overrides={("catalogs", "bundled"): False, ("catalogs", "packs"): ["licensing"]})
     categories = load_catalogs(catalog_dirs(settings)).categories
     assert "licenses" in categories
-    assert "site_access" not in categories
+    assert "accounts_configuration" not in categories
+    # The API records its own reads in these two: they come along, or every read would be refused.
+    assert {"site_access", "data_extraction"} <= set(categories)
+
+
+def test_the_api_reads_with_a_pack_alone(db: str) -> None:
+    """A pack loaded instead of the bundled catalogs still lets admins read: the API's own
+    session event (site_access) is stored, not refused as an unknown category (which answered
+    every read 503 'try again shortly')."""
+    import requests
+
+    from otaudit_collector.storage import access
+
+    running = RunningCollector(settings_for(db, {("catalogs", "bundled"): False, ("catalogs", "packs"): ["contact_center"]}))
+    try:
+        with psycopg.connect(db, autocommit=True) as conn:
+            token = access.create_token(conn, tenant="acme", role="admin", name="ann", pepper="")[1]
+        answer = requests.get(f"{running.api_url}/v1/whoami", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert [r["event"] for r in rows(db)] == ["siteAccess"]
+        assert count(db, "rejects") == 0
+    finally:
+        running.stop()

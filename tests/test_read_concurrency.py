@@ -533,7 +533,7 @@ def drain_feed(api: Api, after: int) -> list[dict[str, Any]]:
 def hold_a_numbered_commit(db: str, first: StockOtel, second: StockOtel, apis: tuple[Api, Api], progress: Progress) -> None:
     """A late commit, made deterministic. The first collector's transaction numbers its events
     and is then held in its COPY: a test transaction locks the partition its late event (60
-    days old: a past month's partition, inside the basic plan's 90-day query window) goes to.
+    days old: a past month's partition, inside the basic plan's 365-day query window) goes to.
     The second collector then gets a request of its own. While the first is held, a feed poll
     through either API may show nothing that skips the held seqs; once released, the first
     request's events come next in the feed, then the second's."""

@@ -32,8 +32,8 @@ OUTSIDE = "inventory_configuration"  # a category the 'basic' plan does not read
 
 @dataclass(frozen=True, slots=True)
 class Trail:
-    """acme (plan basic: 90 days) with a readable event, one of a category outside its plan and one
-    200 days old; globex with one event of its own. Admin tokens of both."""
+    """acme (plan basic: 365 days) with a readable event, one of a category outside its plan and one
+    500 days old; globex with one event of its own. Admin tokens of both."""
 
     collector: RunningCollector
     readable: str
@@ -78,12 +78,13 @@ def trail(pg_server: str, template_db: str) -> Iterator[Trail]:
             ("ingest", "clock_skew", "max_past_days"): 1000,  # old events keep their time
             ("exports", "poll_seconds"): 0.05,
             ("auth", "token_cache_seconds"): 0,
+            ("retention", "enabled"): False,  # the old event stays stored: hidden by the window, not deleted
         },
     )
     collector = RunningCollector(settings)
     try:
         now = time.time_ns()
-        readable, outside, old = send(collector.grpc_target, [(ROLE, now), (GROUP, now - 10**9), (ROLE, now - 200 * DAY_NS)])
+        readable, outside, old = send(collector.grpc_target, [(ROLE, now), (GROUP, now - 10**9), (ROLE, now - 500 * DAY_NS)])
         (other,) = send(collector.grpc_target, [({**ROLE, "tenant": "globex"}, now)])
         yield Trail(
             collector,
@@ -136,7 +137,7 @@ def _event(t: Trail) -> None:
     assert t.get(f"/v1/events/{t.readable}", headers=t.globex).status_code == 404
     _forbidden(t.get(f"/v1/events/{t.outside_plan}"))  # (b)
     old = t.get(f"/v1/events/{t.too_old}")  # (c): as if it were not there
-    assert old.status_code == 404 and "query window of 90 days" in old.json()["message"]
+    assert old.status_code == 404 and "query window of 365 days" in old.json()["message"]
 
 
 @guard("GET", "/v1/feed")
@@ -151,7 +152,7 @@ def _feed(t: Trail) -> None:
 @guard("GET", "/v1/tenants/{tenant}/plan")
 def _plan(t: Trail) -> None:
     plan = t.get("/v1/tenants/acme/plan").json()
-    assert plan["plan"] == "basic" and OUTSIDE not in plan["categories"] and plan["query_window_days"] == 90
+    assert plan["plan"] == "basic" and OUTSIDE not in plan["categories"] and plan["query_window_days"] == 365
     assert t.get("/v1/tenants/globex/plan").status_code == 404  # another tenant's plan is not this token's to read
     t.hidden(json.dumps(plan))
 
@@ -200,7 +201,7 @@ def _job(t: Trail) -> None:
 def _download(t: Trail) -> None:
     for fmt in ("csv", "ndjson", "json"):
         job = t.job(format=fmt, since="2000-01-01T00:00:00Z")
-        answer = requests.get(t.url + job["download_url"], timeout=60)  # tokenless: the URL is signed
+        answer = requests.get(job["download_url"], timeout=60)  # tokenless: the URL is signed (and full)
         assert answer.status_code == 200 and t.readable in answer.text
         t.hidden(answer.text)
 

@@ -20,6 +20,7 @@ import psycopg
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
+from otaudit_collector._text import plural
 from otaudit_collector.api.export import ExportContext, ExportRunner, add_export_routes
 from otaudit_collector.api.health import create_api_app
 from otaudit_collector.api.openapi import add_openapi_route
@@ -40,6 +41,7 @@ from otaudit_collector.receivers.otlp_http import create_http_app
 from otaudit_collector.selfaudit import SelfAudit, Sessions
 from otaudit_collector.storage.migrate import available_migrations
 from otaudit_collector.storage.retention import run_retention
+from otaudit_collector.storage.titles import store_titles_async
 from otaudit_collector.storage.writer import Writer
 
 __all__ = ["Collector", "Endpoints", "catalog_dirs", "policy_from", "ensure_partitions"]
@@ -60,10 +62,10 @@ class Endpoints:
 def catalog_dirs(settings: Settings) -> list[Path]:
     """The catalog folders to load, in order: bundled defaults, bundled packs, the operator's own."""
     catalogs = settings.get("catalogs")
+    if not (catalogs["bundled"] or catalogs["packs"] or catalogs["dirs"]):
+        raise CatalogError([])  # the self-audit categories alone are no catalog to run on
     dirs = bundled_catalog_dirs(catalogs["packs"], defaults=catalogs["bundled"])
     dirs.extend(Path(folder) for folder in catalogs["dirs"])  # made absolute by the configuration loader
-    if not dirs:
-        raise CatalogError([])
     return dirs
 
 
@@ -206,6 +208,7 @@ class Collector:
         )
         await self._pool.open()
         self.metrics.watch_pool("api", self._pool.get_stats)
+        await self._store_titles("start")
         api = create_api_app(self.not_ready, self.metrics.render)
         audit = SelfAudit(self.ingestor)
         add_read_routes(
@@ -254,6 +257,8 @@ class Collector:
             stall_timeout_seconds=float(config["stall_timeout_seconds"]),
             url_ttl_seconds=int(config["url_ttl_seconds"]),
             keep=timedelta(hours=float(config["keep_hours"])),
+            public_url=config["public_url"],
+            xlsx_sheet_rows=int(config["xlsx_sheet_rows"]),
             metrics=self.metrics,
         )
 
@@ -339,7 +344,18 @@ class Collector:
                 return False
             self.catalogs = fresh
             log.info("catalogs reloaded", extra={"trigger": why, "categories": len(fresh.categories)})
+            await self._store_titles(why)
             return True
+
+    async def _store_titles(self, why: str) -> None:
+        """Write the events' titles where a CSV export's COPY reads them; a failure costs titles, not the catalogs."""
+        if self._pool is None:
+            return
+        try:
+            async with self._pool.connection() as conn:
+                await store_titles_async(conn, self.catalogs)
+        except psycopg.Error as exc:
+            log.warning("could not store the catalogs' event titles; CSV exports may lack them", extra={"trigger": why, "error": str(exc)})
 
     async def _watch_catalogs(self, interval: float) -> None:
         seen = self.catalogs.fingerprint
@@ -420,6 +436,6 @@ def describe(endpoints: Endpoints, database: str, catalogs: CatalogSet) -> Seque
         f"  OTLP/HTTP   http://{addr(endpoints.http)}/v1/logs",
         f"  API         http://{addr(endpoints.api)}  (web page /ui/, /v1/..., /openapi.json, /healthz, /readyz, /metrics)",
         f"  database    {database}",
-        f"  catalogs    {len(catalogs.categories)} categories, {events} events",
+        f"  catalogs    {plural(len(catalogs.categories), 'category', 'categories')}, {plural(events, 'event')}",
         "Send events with any OTLP exporter; stop with Ctrl-C (or SIGTERM).",
     )

@@ -315,8 +315,16 @@ def _plan_answer(request: web.Request) -> dict[str, Any]:
         "description": plan.description,
         "categories": [c for c in loaded if plan.reads(c)],
         "retention_days": plan.retention_days,
+        "retention": retention_text(plan.retention_days),
         "query_window_days": plan.query_window_days,
     }
+
+
+def retention_text(days: int | None) -> str:
+    """The retention in words: a page or a person shows this, never "null days" for a plan that keeps forever."""
+    if days is None:
+        return "kept indefinitely"
+    return f"{days} day{'' if days == 1 else 's'}"
 
 
 async def _plan_route(request: web.Request) -> web.Response:
@@ -347,7 +355,10 @@ async def _catalog(request: web.Request) -> web.Response:
                 "description": category.description,
                 "available": available,
                 "plan_needed": upgrade,
-                "events": [{"event": name, "description": e.description} for name, e in sorted(category.events.items())],
+                "events": [
+                    {"event": name, "title": e.title, "description": e.description}
+                    for name, e in sorted(category.events.items())
+                ],
             }
         )
     return web.json_response({"plan": plan.name, "categories": out})

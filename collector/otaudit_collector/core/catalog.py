@@ -60,10 +60,13 @@ class CatalogError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class EventDef:
+    """One event of a category. ``title`` is the catalog's short human title, or the event name when it gives none."""
+
     category: str
     name: str
     description: str
     deprecated: bool
+    title: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,10 +140,17 @@ class Refusal:
     problems: list[str]
 
 
+SELF_AUDIT_CATEGORIES = ("site_access", "data_extraction")
+"""The categories the API records its own reads in (selfaudit.py): loaded from the bundled catalogs
+even without the other defaults, or every read would be refused as unrecordable."""
+
+
 def bundled_catalog_dirs(packs: Iterable[str] = (), *, defaults: bool = True) -> list[Path]:
-    """The bundled default catalogs (unless ``defaults`` is false), then the named example packs."""
+    """The bundled default catalogs, then the named example packs. Without the defaults, the
+    bundled catalogs of ``SELF_AUDIT_CATEGORIES`` still come first (as files: a pack or an
+    operator's folder may replace them)."""
     root = bundled_dir("catalogs")
-    dirs = [root] if defaults else []
+    dirs = [root] if defaults else [root / f"{category}.json" for category in SELF_AUDIT_CATEGORIES]
     for pack in packs:
         folder = root / "examples" / pack
         if not folder.is_dir():
@@ -170,7 +180,7 @@ def catalog_fingerprint(dirs: Sequence[Path]) -> str:
     """Names, sizes and modification times of the catalog files: changes when a file does."""
     parts = []
     for folder in dirs:
-        for path in sorted(Path(folder).glob("*.json")):
+        for path in _catalog_files(Path(folder)):
             try:
                 stat = path.stat()
             except OSError:
@@ -179,8 +189,13 @@ def catalog_fingerprint(dirs: Sequence[Path]) -> str:
     return "|".join(parts)
 
 
+def _catalog_files(given: Path) -> list[Path]:
+    """The catalog files of a folder, or the one file named."""
+    return [given] if given.is_file() else sorted(given.glob("*.json"))
+
+
 def lint_catalogs(dirs: Sequence[Path]) -> tuple[list[Problem], list[tuple[Path, dict[str, Any]]]]:
-    """Check catalog folders; return the problems and the parsed files that were read."""
+    """Check catalog folders (or single catalog files); return the problems and the parsed files that were read."""
     meta = _schema("catalog.json")
     envelope = _schema("envelope.json")
     meta_validator = jsonschema.Draft202012Validator(meta)
@@ -188,11 +203,11 @@ def lint_catalogs(dirs: Sequence[Path]) -> tuple[list[Problem], list[tuple[Path,
     files: list[tuple[Path, dict[str, Any]]] = []
     for given in dirs:
         folder = Path(given)
-        if not folder.is_dir():
+        if not folder.is_dir() and not (folder.is_file() and folder.suffix == ".json"):
             problems.append(Problem(str(folder), "", "is not a folder"))
             continue
         seen: dict[str, Path] = {}
-        paths = sorted(folder.glob("*.json"))
+        paths = _catalog_files(folder)
         if not paths:
             problems.append(Problem(str(folder), "", "holds no catalog files (*.json)"))
         for path in paths:
@@ -303,7 +318,9 @@ def load_catalogs(dirs: Sequence[Path]) -> CatalogSet:
     for category_id, (path, doc) in sorted(by_id.items()):
         events = {}
         for event, spec in doc["events"].items():
-            events[event] = EventDef(category_id, event, spec["description"], bool(spec.get("deprecated", False)))
+            events[event] = EventDef(
+                category_id, event, spec["description"], bool(spec.get("deprecated", False)), spec.get("title") or event
+            )
             validators[(category_id, event)] = jsonschema_rs.validator_for(
                 compose(envelope, spec["schema"]), validate_formats=True
             )

@@ -8,7 +8,7 @@
 (() => {
   const TOKEN_KEY = "otaudit.token";
   const FILTER_KEYS = ["category", "event", "actor", "target_type", "target_id", "outcome", "since", "until", "q"];
-  const FORMATS = { csv: "CSV", ndjson: "NDJSON", json: "JSON" };
+  const FORMATS = { csv: "CSV", ndjson: "NDJSON", json: "JSON", xlsx: "XLSX" };
   const DEFAULT_LIMIT = "100";
 
   const state = {
@@ -177,6 +177,7 @@
         available: Boolean(c.available),
         plan_needed: c.plan_needed,
         events: (c.events || []).map((e) => e.event),
+        titles: new Map((c.events || []).map((e) => [e.event, e.title || e.event])),
       });
     }
     showPlan(catalog.plan);
@@ -224,12 +225,23 @@
         el("span", { text: " · plan " }),
         el("strong", { text: details.plan }),
         el("span", {
-          text: ` · searchable for ${details.query_window_days} days · kept for ${details.retention_days} days`,
+          text: ` · ${searchable(details.query_window_days)} · ${kept(details)}`,
         }),
       );
     } else {
       summary.append(el("span", { text: "Plan " }), el("strong", { text: plan }));
     }
+  }
+
+  // A plan that keeps forever has retention_days null: say so in words, never "null days".
+  function searchable(days) {
+    return days === null || days === undefined ? "searchable without limit" : `searchable for ${days} day${days === 1 ? "" : "s"}`;
+  }
+
+  function kept(details) {
+    if (details.retention) return details.retention === "kept indefinitely" ? details.retention : `kept for ${details.retention}`;
+    const days = details.retention_days;
+    return days === null || days === undefined ? "kept indefinitely" : `kept for ${days} day${days === 1 ? "" : "s"}`;
   }
 
   // Who the token is (GET /v1/whoami): its tenant and plan on show; only an admin token exports.
@@ -438,13 +450,19 @@
     return found ? found.title : id;
   }
 
+  // The catalog's short human title of an event ("Role updated"); its name when the catalog has none.
+  function eventTitle(category, name) {
+    const found = state.categories.get(category);
+    return (found && found.titles && found.titles.get(name)) || name;
+  }
+
   function eventRow(event) {
     const row = el("tr", { className: "event-row" });
     row.dataset.eventId = String(event.id);
     row.dataset.occurredAt = String(event.occurred_at);
     const open = el("button", {
       className: "link-button event-open",
-      text: event.event,
+      text: eventTitle(event.category, event.event),
       attrs: { type: "button", "aria-haspopup": "dialog" },
     });
     open.addEventListener("click", (e) => {
@@ -454,7 +472,7 @@
     row.append(
       el("td", { className: "nowrap" }, timeElement(event.occurred_at)),
       actorCell(event.actor),
-      el("td", {}, open),
+      el("td", {}, open, el("span", { className: "muted block event-name", text: event.event })),
       el("td", { text: categoryTitle(event.category) }),
       targetCell(event.target),
       el("td", {}, outcomeBadge(event.outcome)),
@@ -541,32 +559,44 @@
     return el("table", { className }, body);
   }
 
+  // An object (the target, or a related object) with a button to its history: the events
+  // whose target or related objects include it.
+  function objectFacts(object, className) {
+    const list = facts([["Type", object.type], ["Id", object.id], ["Name", object.name]]);
+    if (!present(object.id)) return list;
+    const history = el("button", {
+      className: `secondary ${className}`,
+      text: "Show this object's history",
+      attrs: { type: "button" },
+    });
+    history.addEventListener("click", () => {
+      $("detail").close();
+      applyFilters(historyFilters(object), { push: true });
+    });
+    return el("div", {}, list, history);
+  }
+
+  function relatedList(related) {
+    if (!Array.isArray(related) || !related.length) return null;
+    const list = el("ul", { className: "related" });
+    for (const object of related) {
+      if (object && typeof object === "object") list.append(el("li", {}, objectFacts(object, "related-history")));
+    }
+    return list.children.length ? list : null;
+  }
+
   function renderDetail(event) {
     const body = $("detail-body");
     clear(body);
-    $("detail-heading").textContent = `${event.event} · ${categoryTitle(event.category)}`;
+    $("detail-heading").textContent = `${eventTitle(event.category, event.event)} · ${categoryTitle(event.category)}`;
     const actor = event.actor || {};
     const client = event.client || {};
     const target = event.target || null;
     const source = event.source || {};
     const trace = event.trace || {};
-    let targetFacts = null;
-    if (target) {
-      targetFacts = facts([["Type", target.type], ["Id", target.id], ["Name", target.name]]);
-      if (present(target.id)) {
-        const history = el("button", {
-          className: "secondary target-history",
-          text: "Show this object's history",
-          attrs: { type: "button" },
-        });
-        history.addEventListener("click", () => {
-          $("detail").close();
-          applyFilters(historyFilters(target), { push: true });
-        });
-        targetFacts = el("div", {}, targetFacts, history);
-      }
-    }
+    const targetFacts = target ? objectFacts(target, "target-history") : null;
     const summary = facts([
+      ["Event", event.event],
       ["Time (UTC)", event.occurred_at],
       ["Claimed time", event.claimed_occurred_at],
       ["Received", event.received_at],
@@ -588,6 +618,7 @@
         ["Roles", Array.isArray(actor.roles) ? actor.roles.join(", ") : actor.roles]])),
       section("Client", facts([["Address", client.address], ["User agent", client.user_agent], ["Session", client.session_id]])),
       section("Target", targetFacts),
+      section("Related objects", relatedList(event.related)),
       section("Source", facts([["Service", source.service], ["Instance", source.instance], ["Sequence", source.sequence],
         ["Scope", source.scope]])),
       section("Trace", facts([["Trace id", trace.trace_id], ["Span id", trace.span_id]])),
@@ -616,8 +647,9 @@
 
   function safeDownloadUrl(text) {
     if (typeof text !== "string") return null;
+    // A full URL (exports.public_url, or the host the API was asked on): this page takes the file from its own origin.
     const url = new URL(text, window.location.origin);
-    return url.origin === window.location.origin ? url.pathname + url.search : null;
+    return url.pathname.startsWith("/v1/exports/") ? url.pathname + url.search : null;
   }
 
   function showExport(job, label) {
