@@ -24,7 +24,7 @@ from otaudit_collector.core.normalize import (
 )
 from otaudit_collector.core.otlp_model import encode_resource
 
-__all__ = ["Prepared", "RejectRow", "prepare", "copy_text", "MAX_EVENT_BYTES", "EVENT_COLUMNS", "REJECT_REASONS"]
+__all__ = ["Prepared", "RejectRow", "prepare", "document_row", "copy_text", "MAX_EVENT_BYTES", "EVENT_COLUMNS", "REJECT_REASONS"]
 
 MAX_EVENT_BYTES = 1 << 20
 """The largest normalized event, as JSON, that is stored (1 MiB)."""
@@ -267,6 +267,16 @@ def _line(doc: dict[str, Any], text: str, received: str) -> tuple[str | None, st
             text.replace("\\", "\\\\"),
         )
     ), ""
+
+
+def document_row(doc: dict[str, Any], received: str) -> tuple[str | None, str]:
+    """The COPY line of a document that passed its catalog without coming from OTLP (``otaudit import``),
+    or None and why it cannot be stored: the same size and storability rules as ``prepare``."""
+    try:
+        text = _dumps(doc)
+    except (TypeError, ValueError):
+        return None, "the event holds a value JSON cannot carry (NaN or Infinity): fix it in the file"
+    return _line(doc, text, received)
 
 
 def _where_nul(value: Any, path: str = "") -> str:
