@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import requests
 from support import REPO
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -28,9 +29,16 @@ def _block_after(heading: str, language: str) -> str:
 
 def test_ci_runs_the_readme_test_command() -> None:
     command = _block_after("Run the whole test suite", "sh")
+    assert command == "bash tests/setup && python -m pytest"
     ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
     # .ci/run extracts the command from the README by these two anchors and runs it.
-    assert "/^Run the whole test suite/" in ci and f"/^{command.split(' && ')[0]}/" in ci
+    first = command.split(" && ")[0].replace("/", "\\/")
+    assert "/^Run the whole test suite/" in ci and f"/^{first}/" in ci
+    # ... and installs nothing of its own: what the suite needs, the README's command installs.
+    code = "\n".join(line for line in ci.splitlines() if not line.lstrip().startswith("#"))
+    assert "apt-get" not in code and "pip install" not in code and "chromium" not in code
+    setup = (REPO / "tests" / "setup").read_text(encoding="utf-8")
+    assert "apt-get install -y --no-install-recommends chromium" in setup and "pip install -r requirements-test.txt" in setup
 
 
 @pytest.mark.slow
@@ -78,6 +86,11 @@ def test_readme_quick_start_in_a_fresh_virtualenv(tmp_path: Path) -> None:
                 break
             assert time.monotonic() < deadline, "quick start did not become ready in time"
         assert grpc_target, "the quick start never printed where it listens:\n" + "".join(output[-40:])
+        banner = "".join(output)
+        # The printed admin token is for the tenant the README's examples record to.
+        assert "No admin token existed: this one is for tenant 'acme'" in banner, banner
+        admin_token = next(line.strip() for line in output if line.startswith("otaudit_"))
+        api_url = next(re.match(r"\s+API\s+(\S+)", line)[1] for line in output if re.match(r"\s+API\s+", line))  # type: ignore[index]
         threading.Thread(target=lambda: [output.append(line) for line in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
 
         example = _block_after("## Sending an audit event from any OpenTelemetry client", "python")
@@ -99,6 +112,12 @@ def test_readme_quick_start_in_a_fresh_virtualenv(tmp_path: Path) -> None:
             assert row[3]["changes"] == [{"field": "permissions", "old": ["read"], "new": ["read", "export"]}]
         assert stored[1][3]["source"]["service"] == "accounts-api"
         assert stored[1][3]["target"] == {"type": "role", "id": "r-3", "name": "Auditors"}
+        # ... and the quick start's token reads back what the examples sent.
+        answer = requests.get(
+            f"{api_url}/v1/events", params={"event": "updateRole"}, headers={"Authorization": f"Bearer {admin_token}"}, timeout=60
+        )
+        assert answer.status_code == 200, answer.text
+        assert {e["id"] for e in answer.json()["events"]} == {row[3]["id"] for row in stored}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(60)

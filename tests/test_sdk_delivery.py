@@ -205,7 +205,7 @@ for _ in range(int(sys.argv[3])):
     print(audit.record("siteAccess", category="site_access", actor=actor), flush=True)
 print("recorded", flush=True)
 if sys.argv[5] == "flush":
-    print("flushed", audit.flush(60), flush=True)
+    print("flushed", bool(audit.flush(60)), flush=True)
 elif sys.argv[5] == "sleep":
     time.sleep(120)
 """
@@ -325,7 +325,7 @@ for _ in range(2):
 for _ in range(49):
     audit.record("siteAccess", category="site_access", actor=actor)
 codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
-print("children", codes, "parent", audit.flush(30), flush=True)
+print("children", codes, "parent", bool(audit.flush(30)), flush=True)
 """
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 
+from otaudit_collector._text import plural
 from otaudit_collector.config import Settings
 from otaudit_collector.core.tokens import parse_token
 from otaudit_collector.storage import access
@@ -79,7 +80,7 @@ def tenant_list_command(settings: Settings, *, as_json: bool) -> int:
         if as_json:
             print(json.dumps({"tenant": row.tenant, "plan": plan, "plan_set": bool(row.plan), "events": row.events}))
         else:
-            print(f"{row.tenant}\t{plan}{'' if row.plan else ' (default)'}\t{row.events} events")
+            print(f"{row.tenant}\t{plan}{'' if row.plan else ' (default)'}\t{plural(row.events, 'event')}")
     if not as_json:
         print(f"{len(rows)} tenant(s)")
     return 0

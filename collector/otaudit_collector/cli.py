@@ -14,10 +14,12 @@ from typing import Any
 import psycopg
 
 from otaudit_collector import __version__
+from otaudit_collector._text import plural
 from otaudit_collector.config import ConfigError, Settings, load_settings
 from otaudit_collector.core.catalog import CatalogError, Problem, lint_catalogs, load_catalogs
 from otaudit_collector.core.query import BadFilter
 from otaudit_collector.logs import setup_logging
+from otaudit_collector.storage.database import NoDatabase
 
 __all__ = ["main", "build_parser"]
 
@@ -91,21 +93,46 @@ def build_parser() -> argparse.ArgumentParser:
             "export",
             help="write a tenant's trail to a file, with a progress bar",
             description="Through the API with a token (--url, OTAUDIT_TOKEN): the token's tenant and plan apply."
-            " Straight from the database with --tenant (operators): every category; recorded in the tenant's trail.",
+            " Straight from the database with --tenant (operators): every category; recorded in the tenant's trail."
+            " Without -o the file is written in the current folder; the last line names the path written.",
         )
     )
     source = export.add_mutually_exclusive_group(required=True)
-    source.add_argument("--url", help="the collector's API, e.g. http://otaudit:4320 (token from OTAUDIT_TOKEN)")
+    source.add_argument("--url", help="the collector's API, e.g. http://otaudit:4319 (token from OTAUDIT_TOKEN)")
     source.add_argument("--tenant", help="export this tenant straight from the database")
-    export.add_argument("--format", choices=["csv", "ndjson", "json"], default="csv", help="default csv")
+    export.add_argument("--format", choices=["csv", "ndjson", "json", "xlsx"], default="csv", help="default csv")
     export.add_argument("--bom", action="store_true", help="start a CSV with a UTF-8 BOM (for spreadsheets)")
-    export.add_argument("--output", "-o", metavar="FILE", help="where to write ('-' for standard output)")
+    export.add_argument(
+        "--output",
+        "-o",
+        metavar="FILE",
+        help="where to write ('-' for standard output); default otaudit-TENANT-TIME.FORMAT in the current folder",
+    )
     for name in ("category", "event", "actor", "target-type", "target-id", "outcome"):
         export.add_argument(f"--{name}", action="append", metavar="VALUE", help="filter; repeatable")
     export.add_argument("--since", help="RFC 3339 time or Unix seconds")
     export.add_argument("--until", help="RFC 3339 time or Unix seconds")
     export.add_argument("-q", action="append", metavar="PHRASE", help="a search phrase, as the API's q")
     export.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    importing = with_config(
+        commands.add_parser(
+            "import",
+            help="load a tenant's past trail from an NDJSON export or a CSV file, keeping its times",
+            description="Straight into the database (operators). Each line is checked against the catalogs, keeps its"
+            " occurred_at however old, is flagged 'imported' and numbered after the tenant's events in time order;"
+            " ids already stored are skipped. Rejected lines go to FILE.rejects.ndjson with their line numbers.",
+        )
+    )
+    importing.add_argument("file", metavar="FILE", help="an NDJSON export (otaudit export --format ndjson) or a CSV file")
+    importing.add_argument("--tenant", required=True, help="the tenant the events belong to")
+    importing.add_argument("--retenant", action="store_true", help="import events naming another tenant as --tenant")
+    importing.add_argument("--format", choices=["ndjson", "csv"], help="default: from the file's extension")
+    importing.add_argument("--map", action="append", metavar="FIELD=COLUMN", help='CSV: a column, or FIELD="VALUE"; repeatable')
+    importing.add_argument("--mapping", metavar="FILE", help="CSV: a file of FIELD=COLUMN lines")
+    importing.add_argument("--rejects", metavar="FILE", help="where rejected lines go (default FILE.rejects.ndjson)")
+    importing.add_argument("--batch-size", type=int, default=5000, metavar="N", help="events per transaction (default 5000)")
+    importing.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     retention = commands.add_parser("retention", help="delete what the tenants' plans no longer keep").add_subparsers(
         dest="action", required=True, metavar="ACTION"
@@ -132,7 +159,19 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(getattr(args, "config", None), environ=os.environ, overrides=overrides)
 
 
+def _quiet_native_logs() -> None:
+    """Keep gRPC's C core from writing plain-text lines to stderr, where the logs are promised as JSON lines.
+
+    Set before grpc is first imported (the commands import it lazily). Fork support off: the collector
+    forks only to run PostgreSQL's programs (pgserver), which exec at once, and grpc's fork handlers
+    otherwise print "skipping fork() handlers" when a collector stops. An operator's own values win.
+    """
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_native_logs()
     args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":
@@ -156,7 +195,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _retention(args)
         if args.command == "export":
             return _export(args)
+        if args.command == "import":
+            from otaudit_collector.import_command import import_command
+
+            return import_command(args, _settings)
     except BadFilter as exc:
+        print(f"otaudit: {exc}", file=sys.stderr)
+        return 2
+    except NoDatabase as exc:
         print(f"otaudit: {exc}", file=sys.stderr)
         return 2
     except ConfigError as exc:
@@ -185,7 +231,7 @@ def _serve(args: argparse.Namespace) -> int:
         settings.get("logging", "level"), settings.get("logging", "format"), float(settings.get("logging", "repeat_window_seconds"))
     )
     catalogs = load_catalogs(catalog_dirs(settings))
-    database = open_database(settings)
+    database = open_database(settings, create=True)  # the one command that makes the embedded database
     try:
         apply_migrations(database.conninfo)
         ensure_partitions(database.conninfo, settings.get("ingest", "partitions_ahead_months"))
@@ -246,13 +292,16 @@ def _export(args: argparse.Namespace) -> int:
             print("otaudit: set OTAUDIT_TOKEN to an admin token of the tenant to export", file=sys.stderr)
             return 2
         return export_via_api(args.url, token, fmt, args.bom, filters, args.output, progress)
+    from otaudit_collector.app import catalog_dirs
     from otaudit_collector.storage.database import open_database
     from otaudit_collector.storage.migrate import apply_migrations
+    from otaudit_collector.storage.titles import store_titles
 
     settings = _settings(args)
     database = open_database(settings)
     try:
         apply_migrations(database.conninfo)
+        store_titles(database.conninfo, load_catalogs(catalog_dirs(settings)))  # the CSV's title column
         return asyncio.run(
             export_from_database(settings, database.conninfo, args.tenant, fmt, args.bom, filters, args.output, progress)
         )
@@ -294,7 +343,7 @@ def _migrate(args: argparse.Namespace) -> int:
         database.close()
     for migration in applied:
         print(f"applied {migration.version:04d}_{migration.name}")
-    print("database schema is up to date" if not applied else f"{len(applied)} migration(s) applied")
+    print("database schema is up to date" if not applied else f"{plural(len(applied), 'migration')} applied")
     return 0
 
 
@@ -311,5 +360,8 @@ def _lint(args: argparse.Namespace) -> int:
         return 1
     catalogs = load_catalogs(dirs)
     events = sum(len(c.events) for c in catalogs.categories.values())
-    print(f"ok: {len(files)} catalog file(s), {len(catalogs.categories)} categories, {events} events")
+    print(
+        f"ok: {plural(len(files), 'catalog file')}, {plural(len(catalogs.categories), 'category', 'categories')},"
+        f" {plural(events, 'event')}"
+    )
     return 0

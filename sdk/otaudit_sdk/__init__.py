@@ -24,7 +24,7 @@ from typing import Any
 
 from otaudit_sdk import attributes
 from otaudit_sdk._audited import Audited, AuditScope
-from otaudit_sdk._client import SCOPE_VERSION, AuditClient, BufferFullError, NotConfiguredError, Status
+from otaudit_sdk._client import SCOPE_VERSION, AuditClient, BufferFullError, FlushResult, NotConfiguredError, Status
 from otaudit_sdk._config import settings_from
 from otaudit_sdk._encode import EncodeError
 from otaudit_sdk._model import Actor, Change, Target, changes
@@ -46,6 +46,7 @@ __all__ = [
     "AuditClient",
     "AuditScope",
     "Status",
+    "FlushResult",
     "Rejected",
     "BufferFullError",
     "EncodeError",
@@ -133,6 +134,7 @@ def record(
     reason: str | None = None,
     message: str | None = None,
     attributes: Mapping[str, Any] | None = None,
+    related: Sequence[Target] | None = None,
 ) -> str:
     """Record one audit event; returns its id. See ``AuditClient.record``."""
     return client().record(
@@ -148,6 +150,7 @@ def record(
         reason=reason,
         message=message,
         attributes=attributes,
+        related=related,
     )
 
 
@@ -159,6 +162,7 @@ def audited(
     target: Target | None = None,
     details: Mapping[str, Any] | None = None,
     changes: Sequence[Change] | None = None,
+    related: Sequence[Target] | None = None,
     denied_on: tuple[type[BaseException], ...] = (PermissionError,),
     **options: Any,
 ) -> Audited:
@@ -176,13 +180,18 @@ def audited(
         target=target,
         details=details,
         changes=changes,
+        related=related,
         denied_on=denied_on,
         **options,
     )
 
 
-def flush(timeout: float = 10.0) -> bool:
-    """Wait up to ``timeout`` seconds for every buffered event to be delivered; True if so."""
+def flush(timeout: float = 10.0) -> FlushResult:
+    """Wait up to ``timeout`` seconds for every buffered event to be delivered or dead-lettered.
+
+    The result is true when nothing is pending (as before); ``.delivered``, ``.rejected``,
+    ``.expired`` (since the previous flush) and ``.all_delivered`` say whether events reached the
+    trail or went to the dead-letter file."""
     return client().flush(timeout)
 
 

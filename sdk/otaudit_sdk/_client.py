@@ -58,6 +58,33 @@ class NotConfiguredError(RuntimeError):
 
 
 @dataclass(frozen=True, slots=True)
+class FlushResult:
+    """What ``flush()`` saw, counted since the previous ``flush()`` of this client (or since ``configure()``).
+
+    True (``bool(result)``) when nothing is pending: every event was settled, delivered or
+    dead-lettered, which is what ``flush()`` returned before. A rejected event is settled but
+    not in the trail: ``all_delivered`` (or ``rejected``) tells the two apart.
+    """
+
+    delivered: int
+    """Stored by the collector (duplicates of a retried request included)."""
+    rejected: int
+    """Refused by the collector (a catalog violation): in the dead-letter file, not in the trail."""
+    expired: int
+    """Given up after ``retry_timeout_seconds``: in the dead-letter file, not in the trail."""
+    pending: int
+    """Still buffered when ``flush()`` returned (its timeout passed, or the sender stopped)."""
+
+    def __bool__(self) -> bool:
+        return self.pending == 0
+
+    @property
+    def all_delivered(self) -> bool:
+        """Nothing pending and nothing dead-lettered: every event reached the trail."""
+        return self.pending == 0 and self.rejected == 0 and self.expired == 0
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
     """What the SDK holds and has done since this process started."""
 
@@ -96,6 +123,7 @@ class AuditClient:
         self._sequence = 0
         self._recorded = 0
         self._closed = False
+        self._flushed = (0, 0, 0)  # sent, rejected, expired at the end of the previous flush()
         self._resource = enc.resource(settings.resource_attributes)
         self._scope = enc.scope(SCOPE_NAME, SCOPE_VERSION)
         self._resource_has_tenant = TENANT_ID in settings.resource_attributes
@@ -146,6 +174,7 @@ class AuditClient:
         reason: str | None = None,
         message: str | None = None,
         attributes: Mapping[str, Any] | None = None,
+        related: Sequence[Target] | None = None,
     ) -> str:
         """Record one audit event and return its id (a UUIDv7).
 
@@ -153,6 +182,8 @@ class AuditClient:
         ``durability='memory'``); the sender delivers it in the background. Raises
         ``ValueError``/``TypeError`` for an event the collector would reject on sight and
         ``BufferFullError`` when the buffer is full (unless ``on_buffer_full`` is set).
+        ``related`` names the other objects the event concerns (each a ``Target`` with an id:
+        a device's license, an order's customer), so that it shows in their history too.
         """
         if self._closed:
             raise RuntimeError("this audit client was shut down; configure a new one")
@@ -189,6 +220,7 @@ class AuditClient:
             observed_ns=now_ns,
             trace=trace,
             extra=attributes,
+            related=related,
         )
         with self._lock:
             sequence = self._sequence + 1
@@ -208,20 +240,31 @@ class AuditClient:
 
     # -- delivery ----------------------------------------------------------------------
 
-    def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every buffered event is delivered or dead-lettered; True if so."""
+    def flush(self, timeout: float = 10.0) -> FlushResult:
+        """Wait up to ``timeout`` seconds until every buffered event is delivered or dead-lettered.
+
+        The result is true when nothing is pending; it counts what was delivered, rejected and
+        expired since the previous flush, so a caller sees that its only event was rejected.
+        """
         deadline = time.monotonic() + timeout
         sender = self._sender
-        if sender is None:
-            return self.buffer.pending[0] == 0
-        sender.hurry()
-        with sender.counters.changed:
-            while self.buffer.pending[0] > 0:
-                left = deadline - time.monotonic()
-                if left <= 0 or not sender.alive():
-                    return False
-                sender.counters.changed.wait(min(left, 0.2))
-        return True
+        if sender is not None:
+            sender.hurry()
+            with sender.counters.changed:
+                while self.buffer.pending[0] > 0:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not sender.alive():
+                        break
+                    sender.counters.changed.wait(min(left, 0.2))
+        return self._flush_result()
+
+    def _flush_result(self) -> FlushResult:
+        c = self._sender.counters if self._sender is not None else None
+        with self._lock:
+            now = (c.sent, c.rejected, c.expired) if c else (0, 0, 0)
+            before, self._flushed = self._flushed, now
+        sent, rejected, expired = (a - b for a, b in zip(now, before, strict=True))
+        return FlushResult(delivered=sent, rejected=rejected, expired=expired, pending=self.buffer.pending[0])
 
     def shutdown(self, timeout: float | None = None) -> bool:
         """Deliver what can be delivered within ``timeout`` (``exit_timeout_seconds`` by
@@ -235,11 +278,11 @@ class AuditClient:
             self._sender.stop(wait)
         left, _ = self.buffer.pending
         if left and self.settings.durability == "memory":
-            _log.error("%d audit events were not delivered and are lost (durability='memory')", left)
+            _log.error("%s not delivered and lost (durability='memory')", _events(left, "was", "were"))
         elif left:
             _log.warning(
-                "%d audit events are not delivered yet; they stay in %s and are sent when a process using it starts",
-                left,
+                "%s not delivered yet; they stay in %s and are sent when a process using it starts",
+                _events(left, "is", "are"),
                 self.settings.buffer_dir,
             )
         self.buffer.close()
@@ -328,3 +371,8 @@ os.register_at_fork(
     after_in_parent=_fork_hook("_after_fork_parent"),
     after_in_child=_fork_hook("_after_fork_child"),
 )
+
+
+def _events(count: int, one: str, many: str) -> str:
+    """ "1 audit event was" / "2 audit events were": log lines count in plain English."""
+    return f"{count} audit event{'' if count == 1 else 's'} {one if count == 1 else many}"
