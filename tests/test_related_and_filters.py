@@ -299,3 +299,18 @@ def test_every_filter_is_a_parameter_of_the_sql() -> None:
     sql, params = events_sql("acme", ["site_access"], filters, columns="id")
     assert hostile not in sql
     assert any(hostile in str(p) for p in params)
+
+
+def test_selective_filters_are_planned_for_their_values() -> None:
+    """An object's history or an exact target name or details value is planned for its values (a
+    prepared, generic plan walked the whole time window: 13 ms instead of 1.6 ms on 100,000 events);
+    the unfiltered page and prefixes keep the prepared plan."""
+    from otaudit_collector.core.query import parse_filters
+
+    assert parse_filters({"target_id": ["L-1"]}).custom_plan
+    assert parse_filters({"target_type": ["license"]}).custom_plan
+    assert parse_filters({"q": ['target_name:"Sales 5"']}).custom_plan
+    assert parse_filters({"q": ["details.via:ui"]}).custom_plan
+    assert not parse_filters({"category": ["site_access"]}).custom_plan
+    assert not parse_filters({"q": ["target_name:Audit*"]}).custom_plan
+    assert not parse_filters({"q": ["-details.via:api"]}).custom_plan

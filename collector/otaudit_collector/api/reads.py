@@ -244,7 +244,7 @@ async def _page(ctx: ReadContext, tenant: str, categories: list[str] | None, fil
     """(occurred_at, seq, document) of one page."""
     sql, params = events_sql(tenant, categories, filters, columns=f"occurred_at, seq, {DOCUMENT_SQL}")
     async with ctx.pool.connection() as conn:
-        cur = await conn.execute(sql, params)
+        cur = await conn.execute(sql, params, prepare=False if filters.custom_plan else None)
         rows: list[tuple[Any, ...]] = await cur.fetchall()
         return rows
 
