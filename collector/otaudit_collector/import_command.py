@@ -34,6 +34,7 @@ from typing import IO, Any
 
 import psycopg
 
+from otaudit_collector._text import plural
 from otaudit_collector.core.catalog import CatalogSet
 from otaudit_collector.core.errors import IngestError
 from otaudit_collector.core.importing import (
@@ -237,7 +238,7 @@ class Summary:
 
     def lines(self) -> list[str]:
         out = [
-            f"read {self.read:,} events: {self.stored:,} stored, {self.already:,} already there, {self.rejected:,} rejected"
+            f"read {plural(self.read, 'event', thousands=True)}: {self.stored:,} stored, {self.already:,} already there, {self.rejected:,} rejected"
             + (f" (each with its line and reasons in {self.rejects_file})" if self.rejects_file else "")
         ]
         if self.retention:
@@ -284,11 +285,11 @@ def import_command(args: Any, load_settings: Callable[[Any], Any]) -> int:
                 asyncio.run(_store(database.conninfo, rows, args.batch_size, settings.raw["default_plan"], summary, progress))
             except IngestError as exc:
                 progress.finish(
-                    f"otaudit: storing stopped after {summary.stored + summary.already:,} of {rows.count:,} events: {exc}."
+                    f"otaudit: storing stopped after {summary.stored + summary.already:,} of {plural(rows.count, 'event', thousands=True)}: {exc}."
                     " Run the same import again: what is already stored is not stored twice"
                 )
                 return 1
-            progress.finish(f"{rows.count:,} events in time order through the writer")
+            progress.finish(f"{plural(rows.count, 'event', thousands=True)} in time order through the writer")
             summary.retention = _retention_note(database.conninfo, settings, args.tenant)
         finally:
             database.close()
@@ -341,7 +342,7 @@ def _read(
         if rejects is not None:
             rejects.close()
     progress.update(source.position, source.size, force=True)
-    progress.finish(f"read {summary.read:,} events from {source.path}: {rows.count:,} valid, {summary.rejected:,} rejected")
+    progress.finish(f"read {plural(summary.read, 'event', thousands=True)} from {source.path}: {rows.count:,} valid, {summary.rejected:,} rejected")
 
 
 async def _store(
@@ -392,7 +393,7 @@ def _retention_note(conninfo: str, settings: Any, tenant: str) -> str:
     if not older:
         return ""
     return (
-        f"warning: {older:,} imported events of tenant '{tenant}' are older than its plan '{name}' keeps"
+        f"warning: {plural(older, 'imported event', thousands=True)} of tenant '{tenant}' {'is' if older == 1 else 'are'} older than its plan '{name}' keeps"
         f" ({plan.retention_days} days): the next retention run deletes them. To keep them, give the tenant a plan"
         f" that keeps them first (otaudit tenant set {tenant} --plan PLAN; retention_days null keeps forever)"
     )
