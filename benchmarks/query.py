@@ -8,7 +8,9 @@ run directly on PostgreSQL in the same run:
 
 1. the p50/p95 latency of ``GET /v1/events`` with tenant + category + time filters, for
    the first page and for a deep page reached by following the cursor (goal: within 1.5x
-   of the direct SQL, ``core.query.events_sql`` through psycopg);
+   of the direct SQL, ``core.query.events_sql`` through psycopg), and the first pages of
+   the filters admins use (a target name, equal and as a prefix, a details key, an object's
+   history matching its target or related objects) on values the data holds;
 2. the rows per second of ``GET /v1/export?format=csv`` read to the end by a client,
    against the export's own ``COPY (SELECT ...) TO STDOUT WITH (FORMAT csv)`` read
    through psycopg (goal: at least 0.7 of it), and the same COPY of the raw columns;
@@ -416,7 +418,12 @@ def load(server_uri: str, conninfo: str, events: int, seed: int, jobs: int) -> D
     t = lap("events (generate_series, without indexes)", t)
 
     ids = "INSERT INTO event_ids (tenant, id, occurred_at) SELECT tenant, id, occurred_at FROM events"
-    run_statements(conninfo, [(ids, None)] + [(d, None) for table, d in rebuild if table == "events"], jobs)
+    # Indexes on expressions one at a time: built at once, two of them would give their
+    # partitions' indexes the same generated name (events_2025_12_expr_idx) and one would fail.
+    on_expressions = [d for table, d in rebuild if table == "events" and "((" in d]
+    plain = [d for table, d in rebuild if table == "events" and d not in on_expressions]
+    run_statements(conninfo, [(ids, None)] + [(d, None) for d in plain], jobs)
+    run_statements(conninfo, [(d, None) for d in on_expressions], 1)
     run_statements(conninfo, [(d, None) for table, d in rebuild if table == "event_ids"], jobs)
     t = lap(f"event_ids; the {len(rebuild)} indexes and keys of events and event_ids, built", t)
 
@@ -694,10 +701,20 @@ class Http:
         self.token = token
         self.headers = {"Authorization": f"Bearer {token}"}
 
+    def _send(self, url: str) -> http.client.HTTPResponse:
+        """Send a GET; once again on a fresh connection when the collector closed an idle one
+        (listen.idle_timeout_seconds, 75 s: the export phase leaves this one idle longer)."""
+        try:
+            self.conn.request("GET", url, headers=self.headers)
+            return self.conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            self.conn.close()
+            self.conn.request("GET", url, headers=self.headers)
+            return self.conn.getresponse()
+
     def get(self, path: str, params: dict[str, Any] | None = None) -> bytes:
         url = path + ("?" + urllib.parse.urlencode(params, doseq=True) if params else "")
-        self.conn.request("GET", url, headers=self.headers)
-        response = self.conn.getresponse()
+        response = self._send(url)
         body = response.read()
         if response.status != 200:
             raise BenchmarkError(f"GET {url}: {response.status} {body[:500]!r}")
@@ -707,8 +724,7 @@ class Http:
         """GET and read to the end without keeping it: (bytes read, the first block); the time
         the first block arrived is left in ``first_block_at``."""
         url = path + "?" + urllib.parse.urlencode(params, doseq=True)
-        self.conn.request("GET", url, headers=self.headers)
-        response = self.conn.getresponse()
+        response = self._send(url)
         if response.status != 200:
             raise BenchmarkError(f"GET {url}: {response.status} {response.read()[:500]!r}")
         buffer = bytearray(block)
@@ -752,6 +768,7 @@ class LatencyCase:
     params: dict[str, Any]  # the query parameters of the API request
     sql: str
     sql_params: list[Any]
+    prepare: bool | None = None  # as the API runs it (core.query.Filters.custom_plan)
     api_ms: list[float] = field(default_factory=list)
     sql_ms: list[float] = field(default_factory=list)
 
@@ -773,10 +790,53 @@ def page_sql(tenant: str, params: dict[str, Any], columns: str = f"occurred_at, 
 
 
 def measure_latency(
-    http_api: Http, conninfo: str, tenant: str, base: dict[str, Any], deep_pages: int, reps: int, warmup: int
+    http_api: Http,
+    conninfo: str,
+    tenant: str,
+    base: dict[str, Any],
+    deep_pages: int,
+    reps: int,
+    warmup: int,
+    filtered: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[list[LatencyCase], dict[str, Any]]:
     with psycopg.connect(conninfo, autocommit=True) as sql_conn:
-        return _measure_latency(http_api, conninfo, sql_conn, tenant, base, deep_pages, reps, warmup)
+        return _measure_latency(http_api, conninfo, sql_conn, tenant, base, deep_pages, reps, warmup, filtered or {})
+
+
+def filter_cases(conninfo: str, tenant: str, base: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """First pages of the filters the reference admins use (issue 12), on values the data holds: a
+    target name (equal, and a prefix), a details key, and an object's history (target or related)."""
+    with psycopg.connect(conninfo) as conn:
+        name_row = conn.execute(
+            "SELECT doc#>>'{target,name}' AS n, count(*) FROM events WHERE tenant = %s AND category = %s"
+            " AND doc#>>'{target,name}' IS NOT NULL GROUP BY n ORDER BY count(*) DESC LIMIT 1",
+            (tenant, base["category"]),
+        ).fetchone()
+        detail_row = conn.execute(
+            "SELECT d.key, d.value, e.category FROM (SELECT category, doc FROM events WHERE tenant = %s AND category <> %s"
+            " AND doc ? 'details' LIMIT 5000) e,"
+            " jsonb_each_text(e.doc->'details') d WHERE jsonb_typeof(e.doc->'details'->d.key) = 'string'"
+            " GROUP BY d.key, d.value, e.category ORDER BY count(*) DESC LIMIT 1",
+            (tenant, base["category"]),
+        ).fetchone()
+        object_row = conn.execute(
+            "SELECT target_type, target_id FROM events WHERE tenant = %s AND category = %s AND target_id IS NOT NULL"
+            " GROUP BY target_type, target_id ORDER BY count(*) DESC LIMIT 1",
+            (tenant, base["category"]),
+        ).fetchone()
+    window = {"category": base["category"], "since": base["since"], "until": base["until"], "limit": base["limit"]}
+    cases: dict[str, dict[str, Any]] = {}
+    if name_row:
+        name = str(name_row[0]).replace('"', "")
+        cases["target name ="] = {**window, "q": f'target_name:"{name}"'}
+        cases["target name prefix"] = {**window, "q": f"target_name:{name.split()[0][:4].replace('*', '')}*"}
+    if detail_row:  # the benchmark's events of the base category carry no details: another category's
+        value = str(detail_row[1]).replace(chr(34), "")
+        cases["details key ="] = {**window, "category": detail_row[2], "q": f'details.{detail_row[0]}:"{value}"'}
+        cases["details key prefix"] = {**window, "category": detail_row[2], "q": f"details.{detail_row[0]}:{value[:3]}*"}
+    if object_row:
+        cases["object history"] = {**window, "target_type": object_row[0], "target_id": object_row[1]}
+    return cases
 
 
 def _measure_latency(
@@ -788,6 +848,7 @@ def _measure_latency(
     deep_pages: int,
     reps: int,
     warmup: int,
+    filtered: dict[str, dict[str, Any]],
 ) -> tuple[list[LatencyCase], dict[str, Any]]:
     first_sql, first_params = page_sql(tenant, base)
     cases = [LatencyCase("first page", dict(base), first_sql, first_params)]
@@ -803,11 +864,17 @@ def _measure_latency(
     deep_sql, deep_params = page_sql(tenant, params)
     cases.append(LatencyCase(f"deep page (page {deep_pages + 1})", params, deep_sql, deep_params))
 
-    # The API and the SQL return the same events.
+    for name, params in filtered.items():
+        filtered_sql, filtered_params = page_sql(tenant, params)
+        custom = parse_filters({k: v if isinstance(v, list) else [str(v)] for k, v in params.items()}).custom_plan
+        cases.append(LatencyCase(name, dict(params), filtered_sql, filtered_params, False if custom else None))
+
+    # The API and the SQL return the same events (a full page, for the unfiltered two).
     for case in cases:
         api_ids = [e["id"] for e in json.loads(http_api.get("/v1/events", case.params))["events"]]
         sql_ids = [json.loads(row[2])["id"] for row in sql_conn.execute(case.sql, case.sql_params).fetchall()]
-        if api_ids != sql_ids or len(api_ids) != int(base["limit"]):
+        full = case.name in filtered or len(api_ids) == int(base["limit"])
+        if api_ids != sql_ids or not full or not api_ids:
             raise BenchmarkError(f"{case.name}: the API returned {len(api_ids)} events, the SQL {len(sql_ids)}, or others")
 
     def api(case: LatencyCase) -> float:
@@ -817,7 +884,7 @@ def _measure_latency(
 
     def sql(case: LatencyCase) -> float:
         t0 = time.perf_counter()
-        sql_conn.execute(case.sql, case.sql_params).fetchall()
+        sql_conn.execute(case.sql, case.sql_params, prepare=case.prepare).fetchall()
         return (time.perf_counter() - t0) * 1e3
 
     sides = [api, sql]
@@ -1146,7 +1213,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         deep = min(args.deep_pages, max(1, matching // args.limit - 1))
         say(f"1. latency: {args.reps} interleaved repetitions (+{args.warmup} warm-up) of 2 pages, API and SQL ...")
         with window() as w:
-            cases, pieces = measure_latency(api, conninfo, tenant, base, deep, args.reps, args.warmup)
+            cases, pieces = measure_latency(
+                api, conninfo, tenant, base, deep, args.reps, args.warmup, filter_cases(conninfo, tenant, base)
+            )
         if args.py_spy:
             say(f"   profiling the collector with py-spy for 10 s ({args.py_spy}) ...")
             pieces["profile"] = profile_pages(api, collector.pid, base, Path(args.py_spy).resolve())
@@ -1157,6 +1226,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "deep_pages": deep,
             "reps": args.reps,
             "cases": {c.name: c.figures() for c in cases},
+            "case_filters": {c.name: c.params for c in cases[2:]},
             "sql": cases[1].sql,
             "pieces": pieces,
             "other_cores": w.cpu.others,
@@ -1275,6 +1345,9 @@ def report(result: dict[str, Any]) -> list[tuple[str, bool, str]]:
             f"   {name:<22} {c['api_p50_ms']:>6.2f}ms {c['api_p95_ms']:>6.2f}ms   {c['sql_p50_ms']:>6.2f}ms {c['sql_p95_ms']:>6.2f}ms"
             f" {c['ratio_p50']:>5.2f}x {c['ratio_p95']:>5.2f}x   {'met' if met else 'MISSED':<11}"
         )
+    for name, params in lat.get("case_filters", {}).items():
+        shown = params.get("q") or f"target_type={params.get('target_type')} target_id={params.get('target_id')}"
+        print(f"   {name}: {shown} (category {params['category']}, the same since and until)")
     p = lat["pieces"]
     print(f"   SQL: {lat['sql']}")
     print(
