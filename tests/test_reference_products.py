@@ -30,21 +30,14 @@ import openpyxl
 import psycopg
 import pytest
 import requests
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from browser import chromium
+from playwright.sync_api import Browser, Page, expect
 from support import RunningCollector, settings_for, wait_until
 
 import otaudit_sdk as audit
 from otaudit_collector.storage import access
 from otaudit_sdk._config import settings_from
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 DAY = dt.timedelta(days=1)
 
 expect.set_options(timeout=30_000)  # waiting, never timing: generous for a busy two-core machine
@@ -176,12 +169,8 @@ def launch(
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (tests/setup does)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    with chromium() as launched:
         yield launched
-        launched.close()
 
 
 class Ui:

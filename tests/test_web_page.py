@@ -23,21 +23,13 @@ import grpc
 import psycopg
 import pytest
 import requests
+from browser import chromium
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
-from playwright.sync_api import Browser, ConsoleMessage, Page, Request, expect, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, Request, expect
 from support import RunningCollector, good_attributes, record, request
 
 from otaudit_collector.storage import access
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 EXPORT = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
 WEB = Path(__file__).resolve().parents[1] / "collector" / "otaudit_collector" / "api" / "web"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -52,12 +44,8 @@ expect.set_options(timeout=30_000)
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (.ci/run does)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    with chromium() as launched:
         yield launched
-        launched.close()
 
 
 class Ui:
