@@ -349,3 +349,21 @@ def test_rows_come_out_in_time_order_through_bounded_runs(tmp_path: Path) -> Non
     keys = [split_sort_line(line)[0] for line in rows_]
     assert [k[2] for k in keys] == sorted(times) and len(keys) == 25
     assert sorted(k[1] for k in keys) == sorted(f"e-{n}" for n in range(1, 26))
+
+
+def test_unstorable_text_in_a_line_is_that_line_refused(db: str, tmp_path: Path) -> None:
+    """json.loads makes a lone surrogate of a "\\ud800" escape, and a NUL of "\\u0000": neither can be
+    stored, so the line is refused (unstorable, with its line number) and the others are stored."""
+    now = time.time_ns()
+    good = document(ROLE, now - DAY_NS, tenant="lic")
+    surrogate = json.dumps(document(ROLE, now - DAY_NS, tenant="lic")).replace('"Auditors"', '"Audit\\ud800ors"')
+    nul = json.dumps(document(ROLE, now - DAY_NS, tenant="lic")).replace('"Auditors"', '"Audit\\u0000ors"')
+    assert "\\ud800" in surrogate and "\\u0000" in nul
+    path = write_lines(tmp_path / "odd.ndjson", [good, surrogate, nul])
+    done = run_import(db, str(path), "--tenant", "lic", "--no-progress")
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.startswith("read 3 events: 1 stored, 0 already there, 2 rejected")
+    rejects = rejects_of(tmp_path / "odd.ndjson.rejects.ndjson")
+    assert [(r["line"], r["reason"]) for r in rejects] == [(2, "unstorable"), (3, "unstorable")]
+    assert "surrogate" in rejects[0]["problems"][0] and "NUL" in rejects[1]["problems"][0]
+    assert [r["id"] for r in stored(db, "lic")] == [good["id"]]

@@ -236,13 +236,10 @@ _SPECIAL = re.compile(r"[\\\t\n\r]")
 def _line(doc: dict[str, Any], text: str, received: str) -> tuple[str | None, str]:
     if len(text) > MAX_EVENT_BYTES:
         return None, f"the event is {len(text)} characters as JSON; at most {MAX_EVENT_BYTES} are stored"
-    # PostgreSQL stores no NUL in text or jsonb, and no unpaired surrogate anywhere. The
-    # decoders let no surrogate through (strict UTF-8; OTLP/JSON refuses the escapes), so
-    # that check is a guard, paid only by events that are not ASCII.
+    # PostgreSQL stores no NUL in text or jsonb. (Nor an unpaired surrogate: the OTLP decoders
+    # let none through, strict UTF-8 and OTLP/JSON's own check; document_row checks imports.)
     if "\\u0000" in text and any("\x00" in s for s in iter_strings(doc)):
         return None, (f"{_where_nul(doc)} contains a NUL character (U+0000), which cannot be stored: remove it at the source")
-    if not text.isascii() and storable_text(text) != text:
-        return None, "a string in the event contains an unpaired UTF-16 surrogate, which is not text: fix it at the source"
     actor = doc["actor"]
     target = doc.get("target") or {}
     flags = doc.get("flags")
@@ -276,6 +273,8 @@ def document_row(doc: dict[str, Any], received: str) -> tuple[str | None, str]:
         text = _dumps(doc)
     except (TypeError, ValueError):
         return None, "the event holds a value JSON cannot carry (NaN or Infinity): fix it in the file"
+    if not text.isascii() and storable_text(text) != text:  # json.loads turns a "\ud800" escape into one
+        return None, "a string in the event contains an unpaired UTF-16 surrogate, which is not text: fix it in the file"
     return _line(doc, text, received)
 
 
