@@ -38,13 +38,14 @@ def test_ci_runs_the_readme_test_command() -> None:
     code = "\n".join(line for line in ci.splitlines() if not line.lstrip().startswith("#"))
     assert "apt-get" not in code and "pip install" not in code and "chromium" not in code
     setup = (REPO / "tests" / "setup").read_text(encoding="utf-8")
-    assert "apt-get install -y --no-install-recommends chromium" in setup and "pip install -r requirements-test.txt" in setup
+    assert "packages+=(chromium)" in setup and "packages+=(golang-go golang-golang-x-mod-dev)" in setup
+    assert 'apt-get install -y --no-install-recommends "${packages[@]}"' in setup and "pip install -r requirements-test.txt" in setup
 
 
 @pytest.mark.slow
 def test_readme_quick_start_in_a_fresh_virtualenv(tmp_path: Path) -> None:
     command = _block_after("## Quick start", "sh")
-    assert command == "python -m pip install ./collector && otaudit serve"
+    assert command == "python -m pip install ./verifier ./collector && otaudit serve"
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     env = {
