@@ -15,10 +15,11 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+COPY verifier/ verifier/
 COPY collector/ collector/
 COPY catalogs/ catalogs/
 COPY config/ config/
-RUN python -m pip wheel --no-cache-dir --wheel-dir /wheels ./collector
+RUN python -m pip wheel --no-cache-dir --wheel-dir /wheels ./verifier ./collector
 
 # -- runtime: the wheels installed, no compiler, a non-root user -------------------------
 FROM python:3.11-slim AS runtime

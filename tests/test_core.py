@@ -193,7 +193,7 @@ def test_prepare_builds_copy_lines_and_rejects() -> None:
     fields = prepared.lines[0].split("\t")
     assert len(fields) == len(EVENT_COLUMNS)
     assert fields[EVENT_COLUMNS.index("category")] == "accounts_configuration"
-    doc_text = fields[-1].replace("\\\\", "\\")
+    doc_text = fields[EVENT_COLUMNS.index("doc")].replace("\\\\", "\\")
     assert json.loads(doc_text)["actor"]["name"] == "Tab\there\\ and\nnewline"
     assert "record 1" in prepared.partial_success_message() and "/actor" in prepared.partial_success_message()
     assert copy_text(None) == "\\N" and copy_text("a\tb\\c") == "a\\tb\\\\c"
@@ -207,7 +207,7 @@ def test_values_json_cannot_hold_are_stored_as_text() -> None:
     )
     prepared = prepare(candidates, catalogs, NOW)
     assert prepared.rejected == 0
-    stored = json.loads(prepared.lines[0].split("\t")[-1].replace("\\\\", "\\"))
+    stored = json.loads(prepared.lines[0].split("\t")[EVENT_COLUMNS.index("doc")].replace("\\\\", "\\"))
     assert stored["details"] == {"ratio": "Infinity", "raw": "AQI="}
 
 

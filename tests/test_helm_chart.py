@@ -233,14 +233,17 @@ def test_deployment_essentials(chart: helm.Chart) -> None:
     env = env_of(container)
     assert env["OTAUDIT_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": RELEASE, "key": "database-url"}
     assert env["OTAUDIT_TOKEN_PEPPER"]["valueFrom"]["secretKeyRef"] == {"name": RELEASE, "key": "token-pepper"}
+    assert env["OTAUDIT_SIGNING_KEY"]["valueFrom"]["secretKeyRef"] == {"name": RELEASE, "key": "signing-key"}
     assert env["OTAUDIT_CONFIG"]["value"] == CONFIG_PATH  # so that `kubectl exec ... otaudit token create` finds it
     values = ci_values("deployment-minimal.yaml")
     assert secret_data(manifests, RELEASE) == {
         "database-url": values["database"]["url"],
         "token-pepper": values["auth"]["tokenPepper"],
+        "signing-key": values["integrity"]["signingKey"],
     }
     configmap_text = one(manifests, "ConfigMap", f"{RELEASE}-config")["data"]["otaudit.yaml"]
     assert values["auth"]["tokenPepper"] not in configmap_text and "change-me@" not in configmap_text
+    assert values["integrity"]["signingKey"] not in configmap_text
 
     grace = spec["terminationGracePeriodSeconds"]
     pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
@@ -289,6 +292,7 @@ def test_hpa_pdb_ingress_existing_secret_and_catalogs(chart: helm.Chart) -> None
     env = env_of(container)
     assert env["OTAUDIT_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "otaudit-secrets", "key": "url"}
     assert env["OTAUDIT_TOKEN_PEPPER"]["valueFrom"]["secretKeyRef"] == {"name": "otaudit-secrets", "key": "pepper"}
+    assert env["OTAUDIT_SIGNING_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "otaudit-secrets", "key": "log-key"}
 
     config = rendered_config(manifests)
     assert config["catalogs"]["dirs"] == [CATALOGS_PATH]
@@ -562,7 +566,7 @@ def collector_config_schema() -> dict[str, Any]:
     """The collector's configuration schema as values.schema.json must hold it under ``config``.
 
     References inlined (the chart's schema is one draft-07 document), the title and ids
-    dropped, and the two secrets taken out: they come from a Secret, never the ConfigMap.
+    dropped, and the three secrets taken out: they come from a Secret, never the ConfigMap.
     """
     schema = json.loads(COLLECTOR_SCHEMA.read_text(encoding="utf-8"))
     defs = schema.pop("$defs")
@@ -579,6 +583,7 @@ def collector_config_schema() -> dict[str, Any]:
     config: dict[str, Any] = inline({k: v for k, v in schema.items() if k not in ("$schema", "$id", "title")})
     del config["properties"]["database"]["properties"]["url"]
     del config["properties"]["auth"]["properties"]["token_pepper"]
+    del config["properties"]["integrity"]["properties"]["signing_key"]
     return config
 
 
@@ -588,7 +593,7 @@ def test_config_schema_is_the_collectors() -> None:
     config.pop("description")
     assert config == collector_config_schema(), (
         "helm/otaudit/values.schema.json properties.config differs from the collector's schema.json "
-        "(inlined, without database.url and auth.token_pepper): copy the change over"
+        "(inlined, without database.url, auth.token_pepper and integrity.signing_key): copy the change over"
     )
 
 

@@ -10,8 +10,10 @@ outside the window is a 404, as if absent). Routes that read no events show that
 
 from __future__ import annotations
 
+import io
 import json
 import time
+import zipfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -86,6 +88,7 @@ def trail(pg_server: str, template_db: str) -> Iterator[Trail]:
         now = time.time_ns()
         readable, outside, old = send(collector.grpc_target, [(ROLE, now), (GROUP, now - 10**9), (ROLE, now - 500 * DAY_NS)])
         (other,) = send(collector.grpc_target, [({**ROLE, "tenant": "globex"}, now)])
+        assert sorted(collector.call(collector.collector.make_checkpoints_now())) == ["acme", "globex"]  # the log's routes
         yield Trail(
             collector,
             readable,
@@ -172,6 +175,12 @@ def _catalog(t: Trail) -> None:
     t.hidden(catalog.text)
 
 
+def _bundle_events(content: bytes) -> str:
+    """The events.ndjson and manifest of a bundle (a zip: its members are compressed)."""
+    with zipfile.ZipFile(io.BytesIO(content)) as bundle:
+        return bundle.read("events.ndjson").decode() + bundle.read("manifest.json").decode()
+
+
 @guard("GET", "/v1/export")
 def _export(t: Trail) -> None:
     for fmt in ("csv", "ndjson", "json"):
@@ -179,7 +188,12 @@ def _export(t: Trail) -> None:
             answer = t.get("/v1/export", format=fmt, **params)
             assert answer.status_code == 200 and t.readable in answer.text
             t.hidden(answer.text)
+    bundle = t.get("/v1/export", format="bundle")
+    assert bundle.status_code == 200, bundle.text[:300]
+    assert t.readable in _bundle_events(bundle.content)
+    t.hidden(_bundle_events(bundle.content))
     _forbidden(t.get("/v1/export", format="csv", category=OUTSIDE))
+    _forbidden(t.get("/v1/export", format="bundle", category=OUTSIDE))
 
 
 @guard("POST", "/v1/exports")
@@ -199,11 +213,61 @@ def _job(t: Trail) -> None:
 
 @guard("GET", "/v1/exports/{id}/download")
 def _download(t: Trail) -> None:
-    for fmt in ("csv", "ndjson", "json"):
+    for fmt in ("csv", "ndjson", "json", "bundle"):
         job = t.job(format=fmt, since="2000-01-01T00:00:00Z")
         answer = requests.get(job["download_url"], timeout=60)  # tokenless: the URL is signed (and full)
-        assert answer.status_code == 200 and t.readable in answer.text
-        t.hidden(answer.text)
+        text = _bundle_events(answer.content) if fmt == "bundle" else answer.text
+        assert answer.status_code == 200 and t.readable in text
+        t.hidden(text)
+
+
+# The log's routes: the tenant's own tree, hashes only; an inclusion proof names an event, so the plan applies.
+
+
+def _origin_of(note: str) -> str:
+    return note.split("\n", 1)[0]
+
+
+@guard("GET", "/v1/log/checkpoint")
+def _checkpoint(t: Trail) -> None:
+    mine, theirs = t.get("/v1/log/checkpoint"), t.get("/v1/log/checkpoint", headers=t.globex)
+    assert mine.status_code == 200 and theirs.status_code == 200
+    assert _origin_of(mine.text).endswith("/acme") and _origin_of(theirs.text).endswith("/globex")
+    t.hidden(mine.text)
+
+
+@guard("GET", "/v1/log/key")
+def _log_key(t: Trail) -> None:
+    key = t.get("/v1/log/key")
+    assert key.status_code == 200 and key.text.split("+")[0].endswith("/acme")
+    t.hidden(key.text)
+
+
+@guard("GET", "/v1/log/tile/{path}")
+def _tile(t: Trail) -> None:
+    mine = t.get("/v1/log/tile/0/000.p/1")
+    theirs = t.get("/v1/log/tile/0/000.p/1", headers=t.globex)
+    assert mine.status_code == 200 and len(mine.content) == 32 and theirs.status_code == 200
+    assert mine.content != theirs.content  # each token reads its own tenant's tree
+    assert t.get("/v1/log/tile/entries/000.p/1").status_code == 404  # entry bundles hold content: not served
+
+
+@guard("GET", "/v1/log/consistency")
+def _consistency(t: Trail) -> None:
+    answer = t.get("/v1/log/consistency", old=1)
+    assert answer.status_code == 200, answer.text
+    t.hidden(answer.text)
+
+
+@guard("GET", "/v1/events/{id}/proof")
+def _proof(t: Trail) -> None:
+    answer = t.get(f"/v1/events/{t.readable}/proof")
+    assert answer.status_code == 200 and answer.json()["event_id"] == t.readable
+    t.hidden(answer.text)
+    assert t.get(f"/v1/events/{t.other_tenant}/proof").status_code == 404  # (a)
+    assert t.get(f"/v1/events/{t.readable}/proof", headers=t.globex).status_code == 404
+    _forbidden(t.get(f"/v1/events/{t.outside_plan}/proof"))  # (b)
+    assert t.get(f"/v1/events/{t.too_old}/proof").status_code == 404  # (c)
 
 
 def _open(path: str) -> Callable[[Trail], None]:

@@ -457,6 +457,30 @@ def test_the_detail_shows_old_and_new_values_and_the_context(site: Site) -> None
     ui.assert_clean()
 
 
+def test_the_detail_shows_the_event_verified_against_the_signed_log(site: Site) -> None:
+    event_id = send(
+        site.collector,
+        [("updateRole", role_update(**{"user.email": "ann@acme.test", "user.name": "Ann", "client.address": "203.0.113.9"}), time.time_ns())],
+    )[0]
+    assert site.collector.call(site.collector.collector.make_checkpoints_now()) == ["acme"]
+    ui = site.ui()
+    ui.open()
+    ui.sign_in(site.admin)
+    ui.row(event_id).locator("td").first.click()
+    status = ui.page.get_by_role("dialog").locator(".integrity")
+    # Checked here in the browser: the entry is this event, and its proof leads to the signed root.
+    expect(status).to_have_attribute("data-state", "verified")
+    expect(status).to_contain_text("Verified in this browser")
+    ui.page.get_by_role("button", name="Close").click()
+    # Altered in the database: the collector cannot prove it any more, and the page says so.
+    with psycopg.connect(site.collector.conninfo, autocommit=True) as conn:
+        conn.execute("UPDATE events SET doc = jsonb_set(doc, '{outcome}', '\"failure\"'), outcome = 'failure' WHERE id = %s", (event_id,))
+    ui.row(event_id).locator("td").first.click()
+    expect(status).to_have_attribute("data-state", "failed")
+    expect(status).to_contain_text("altered")
+    ui.assert_clean(refused=(500,))
+
+
 def test_categories_outside_the_plan_are_marked_with_the_plan_that_has_them(site: Site, trail: dict[str, Any]) -> None:
     ui = site.ui()
     ui.open()

@@ -23,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 from otaudit_collector._text import plural
 from otaudit_collector.api.export import ExportContext, ExportRunner, add_export_routes
 from otaudit_collector.api.health import create_api_app
+from otaudit_collector.api.log import LogContext, add_log_routes
 from otaudit_collector.api.openapi import add_openapi_route
 from otaudit_collector.api.reads import ReadContext, add_read_routes
 from otaudit_collector.api.web import add_web_routes
@@ -33,12 +34,14 @@ from otaudit_collector.core.normalize import Policy
 from otaudit_collector.core.plans import plans_from
 from otaudit_collector.core.tokens import TokenCache
 from otaudit_collector.http_server import LIMITS, BoundedSite
+from otaudit_collector.integrity import LogKeys, Witnesses, load_log_keys, make_checkpoints
 from otaudit_collector.metrics import Metrics
 from otaudit_collector.pipeline import Ingestor
 from otaudit_collector.receivers.auth import IngestAuth
 from otaudit_collector.receivers.otlp_grpc import create_grpc_server
 from otaudit_collector.receivers.otlp_http import create_http_app
 from otaudit_collector.selfaudit import SelfAudit, Sessions
+from otaudit_collector.storage.log import catch_up, tenants_behind
 from otaudit_collector.storage.migrate import available_migrations
 from otaudit_collector.storage.retention import run_retention
 from otaudit_collector.storage.titles import store_titles_async
@@ -124,7 +127,12 @@ class Collector:
             retry_after_seconds=ingest["retry_after_seconds"],
             default_plan=settings.raw["default_plan"],
             metrics=self.metrics,
+            on_log_behind=self._log_behind,
         )
+        self.integrity = settings.get("integrity")
+        self.log_keys: LogKeys | None = None
+        self.witnesses = Witnesses(self.integrity["witness_dir"], self.integrity["witness_urls"])
+        self._behind: set[str] = set()  # tenants whose log must catch up with their events
         self.ingestor = Ingestor(
             writer=self.writer,
             catalogs=lambda: self.catalogs,
@@ -133,6 +141,7 @@ class Collector:
             retry_after_seconds=ingest["retry_after_seconds"],
             max_inflight_bytes=int(ingest["max_inflight_bytes"]),
             metrics=self.metrics,
+            seal=bool(self.integrity["enabled"]),
         )
         self.ingest_auth = IngestAuth(
             conninfo,
@@ -172,6 +181,7 @@ class Collector:
         ingest = self.settings.get("ingest")
         host = listen["host"]
         api_host = listen["api_host"] or host
+        self.log_keys = await asyncio.to_thread(load_log_keys, self.settings, self.conninfo)
         await self.writer.start()
         await self.ingest_auth.start()
 
@@ -225,6 +235,7 @@ class Collector:
                 ),
             ),
         )
+        add_log_routes(api, LogContext(self._pool, lambda: self.log_keys))
         add_openapi_route(api)
         add_web_routes(api)
         exports = await self._exports(audit)
@@ -238,6 +249,9 @@ class Collector:
         if self.settings.get("retention", "enabled"):
             self._tasks.append(asyncio.create_task(self._apply_retention(), name="otaudit-retention"))
         self._tasks.append(asyncio.create_task(self._export_runner(exports).run(), name="otaudit-exports"))
+        if self.integrity["enabled"]:
+            self._tasks.append(asyncio.create_task(self._checkpoint_loop(), name="otaudit-checkpoints"))
+            self._tasks.append(asyncio.create_task(self._catch_up_loop(), name="otaudit-log-catch-up"))
         return Endpoints((host, grpc_port), (host, http_port), (api_host, api_port))
 
     async def _exports(self, audit: SelfAudit) -> ExportContext:
@@ -328,6 +342,52 @@ class Collector:
         await stop.wait()
         log.info("stopping: finishing requests in flight")
         await self.stop(grace_seconds)
+
+    # -- the tamper-evident log -------------------------------------------------------
+
+    def _log_behind(self, tenant: str) -> None:
+        self._behind.add(tenant)
+
+    async def _checkpoint_loop(self) -> None:
+        """Sign checkpoints every ``integrity.checkpoint_seconds``; a failure is logged and tried again."""
+        interval = float(self.integrity["checkpoint_seconds"])
+        assert self.log_keys is not None
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await asyncio.to_thread(make_checkpoints, self.conninfo, self.log_keys, self.witnesses)
+            except Exception as exc:  # noqa: BLE001 - the next round tries again
+                log.warning("could not sign checkpoints; will try again", extra={"error": str(exc)})
+
+    async def make_checkpoints_now(self) -> list[str]:
+        """Sign the checkpoints due now (tests, and a collector's stop)."""
+        assert self.log_keys is not None
+        return await asyncio.to_thread(make_checkpoints, self.conninfo, self.log_keys, self.witnesses)
+
+    async def _catch_up_loop(self) -> None:
+        """Append what the log lacks: events stored while it was off, or before it existed."""
+        interval = float(self.integrity["catch_up_seconds"])
+        first = True
+        while True:
+            try:
+                behind = await asyncio.to_thread(self._tenants_behind) if first else sorted(self._behind)
+                first = False
+                self._behind.clear()
+                for tenant in behind:
+                    appended = await asyncio.to_thread(catch_up, self.conninfo, tenant, self._personal)
+                    if appended:
+                        log.info("the log caught up with a tenant's events", extra={"tenant": tenant, "events": appended})
+            except Exception as exc:  # noqa: BLE001 - logged; tried again
+                log.error("the log could not catch up; will try again", extra={"error": str(exc)})
+                first = True
+            await asyncio.sleep(interval)
+
+    def _tenants_behind(self) -> list[str]:
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            return tenants_behind(conn)
+
+    def _personal(self, doc: dict[str, Any]) -> tuple[str, ...]:
+        return self.catalogs.personal_pointers(doc)
 
     # -- catalogs --------------------------------------------------------------------
 
@@ -422,7 +482,7 @@ class Collector:
             await asyncio.sleep(interval)
 
 
-def describe(endpoints: Endpoints, database: str, catalogs: CatalogSet) -> Sequence[str]:
+def describe(endpoints: Endpoints, database: str, catalogs: CatalogSet, keys: LogKeys | None = None) -> Sequence[str]:
     """The lines ``otaudit serve`` prints: where it listens and what it loaded."""
 
     def addr(pair: tuple[str, int]) -> str:
@@ -430,6 +490,12 @@ def describe(endpoints: Endpoints, database: str, catalogs: CatalogSet) -> Seque
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     events = sum(len(c.events) for c in catalogs.categories.values())
+    log_lines: tuple[str, ...] = ()
+    if keys is not None:  # the public key only: what an auditor pins; the signing key never leaves its source
+        log_lines = (
+            f"  log         checkpoints of {keys.deployment}/<tenant>, signed by Ed25519 key {keys.public_key_b64}",
+            f"              (key from {keys.source}; each tenant's verifier key: GET /v1/log/key)",
+        )
     return (
         "otaudit collector is ready",
         f"  OTLP/gRPC   {addr(endpoints.grpc)}",
@@ -437,5 +503,6 @@ def describe(endpoints: Endpoints, database: str, catalogs: CatalogSet) -> Seque
         f"  API         http://{addr(endpoints.api)}  (web page /ui/, /v1/..., /openapi.json, /healthz, /readyz, /metrics)",
         f"  database    {database}",
         f"  catalogs    {plural(len(catalogs.categories), 'category', 'categories')}, {plural(events, 'event')}",
+        *log_lines,
         "Send events with any OTLP exporter; stop with Ctrl-C (or SIGTERM).",
     )

@@ -20,6 +20,7 @@ from otaudit_collector.core.catalog import CatalogError, Problem, lint_catalogs,
 from otaudit_collector.core.query import BadFilter
 from otaudit_collector.logs import setup_logging
 from otaudit_collector.storage.database import NoDatabase
+from otaudit_collector.verify_command import add_verify_parser
 
 __all__ = ["main", "build_parser"]
 
@@ -100,7 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     source = export.add_mutually_exclusive_group(required=True)
     source.add_argument("--url", help="the collector's API, e.g. http://otaudit:4319 (token from OTAUDIT_TOKEN)")
     source.add_argument("--tenant", help="export this tenant straight from the database")
-    export.add_argument("--format", choices=["csv", "ndjson", "json", "xlsx"], default="csv", help="default csv")
+    export.add_argument(
+        "--format",
+        choices=["csv", "ndjson", "json", "xlsx", "bundle"],
+        default="csv",
+        help="default csv; bundle: a zip an auditor checks offline with otaudit-verify (events, proofs, signed checkpoint)",
+    )
+    export.add_argument("--bundle", action="store_const", const="bundle", dest="format", help="the same as --format bundle")
     export.add_argument("--bom", action="store_true", help="start a CSV with a UTF-8 BOM (for spreadsheets)")
     export.add_argument(
         "--output",
@@ -133,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     importing.add_argument("--rejects", metavar="FILE", help="where rejected lines go (default FILE.rejects.ndjson)")
     importing.add_argument("--batch-size", type=int, default=5000, metavar="N", help="events per transaction (default 5000)")
     importing.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    add_verify_parser(commands, with_config)
 
     retention = commands.add_parser("retention", help="delete what the tenants' plans no longer keep").add_subparsers(
         dest="action", required=True, metavar="ACTION"
@@ -199,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from otaudit_collector.import_command import import_command
 
             return import_command(args, _settings)
+        if args.command == "verify":
+            return _verify(args)
     except BadFilter as exc:
         print(f"otaudit: {exc}", file=sys.stderr)
         return 2
@@ -255,7 +266,8 @@ def _serve(args: argparse.Namespace) -> int:
             if bootstrap is not None:  # stdout, once, never the log
                 print(f"No admin token existed: this one is for tenant '{bootstrap[0]}' (shown once; keep it now):")
                 print(bootstrap[1])
-            print("\n".join(describe(endpoints, database.description, catalogs)), flush=True)
+            keys = collector.log_keys if settings.get("integrity", "enabled") else None
+            print("\n".join(describe(endpoints, database.description, catalogs, keys)), flush=True)
             await collector.run_until_signalled(float(settings.get("shutdown", "grace_seconds")))
 
         asyncio.run(run())
@@ -302,9 +314,31 @@ def _export(args: argparse.Namespace) -> int:
     try:
         apply_migrations(database.conninfo)
         store_titles(database.conninfo, load_catalogs(catalog_dirs(settings)))  # the CSV's title column
+        if fmt.name == "bundle":  # a checkpoint of everything stored so far, for the bundle to end at
+            from otaudit_collector.integrity import Witnesses, load_log_keys, make_checkpoints
+
+            integrity = settings.get("integrity")
+            witnesses = Witnesses(integrity["witness_dir"], integrity["witness_urls"])
+            make_checkpoints(database.conninfo, load_log_keys(settings, database.conninfo), witnesses, [args.tenant])
         return asyncio.run(
             export_from_database(settings, database.conninfo, args.tenant, fmt, args.bom, filters, args.output, progress)
         )
+    finally:
+        database.close()
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from otaudit_collector.storage.database import open_database
+    from otaudit_collector.storage.migrate import apply_migrations
+    from otaudit_collector.verify_command import verify_api_command, verify_command
+
+    if args.url:
+        return verify_api_command(args)
+    settings = _settings(args)
+    database = open_database(settings)
+    try:
+        apply_migrations(database.conninfo)
+        return verify_command(args, settings, database.conninfo)
     finally:
         database.close()
 

@@ -208,7 +208,17 @@ async def export_from_database(
                     progress.update(rows, total)
 
                 sheet_rows = int(settings.get("exports", "xlsx_sheet_rows"))
-                rows = await store.stream_export(conn, fmt, bom, where, params, sink, shown, sheet_rows=sheet_rows)
+                rows = await store.stream_export(
+                    conn,
+                    fmt,
+                    bom,
+                    where,
+                    params,
+                    sink,
+                    shown,
+                    sheet_rows=sheet_rows,
+                    bundle=store.BundleSource(conninfo, tenant, filters),
+                )
         target.done()
     except BaseException:
         target.abandon()
@@ -238,6 +248,7 @@ async def _audit(settings: Any, conninfo: str, tenant: str, fmt: Format, filters
             policy=policy_from(settings),
             max_concurrent_requests=1,
             retry_after_seconds=1,
+            seal=bool(settings.get("integrity", "enabled")),
         )
         who = f"{getpass.getuser()}@{socket.gethostname()}"
         operator = Principal(token_id=who, tenant=tenant, role="operator", name=f"{who} (otaudit export)")

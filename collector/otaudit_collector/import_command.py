@@ -269,7 +269,18 @@ def import_command(args: Any, load_settings: Callable[[Any], Any]) -> int:
     with tempfile.TemporaryDirectory(prefix="otaudit-import-") as folder:
         rows = SortedRows(Path(folder))
         try:
-            _read(source, rows, catalogs, args.tenant, args.retenant, max_future, rejects_path, summary, not args.no_progress)
+            _read(
+                source,
+                rows,
+                catalogs,
+                args.tenant,
+                args.retenant,
+                max_future,
+                rejects_path,
+                summary,
+                not args.no_progress,
+                seal=bool(settings.get("integrity", "enabled")),
+            )
         except ImportProblem as exc:
             print(f"otaudit: {exc}", file=sys.stderr)
             return 2
@@ -307,6 +318,8 @@ def _read(
     rejects_path: Path,
     summary: Summary,
     show_progress: bool,
+    *,
+    seal: bool = True,
 ) -> None:
     progress = Progress(sys.stderr, "bytes read", enabled=show_progress)
     now_ns = time.time_ns()
@@ -322,10 +335,10 @@ def _read(
                 refusal = catalogs.check(doc)
                 if refusal is not None:
                     raise LineError(refusal.reason, *refusal.problems)
-                row, problem = document_row(doc, received)
+                row, problem, leaf = document_row(doc, received, catalogs, seal=seal)
                 if row is None:
                     raise LineError("too_large" if problem.startswith("the event is ") else "unstorable", problem)
-                rows.add(sort_line(doc["occurred_at"], number, doc["tenant"], doc["id"], row))
+                rows.add(sort_line(doc["occurred_at"], number, doc["tenant"], doc["id"], row, leaf))
             except LineError as exc:
                 summary.rejected += 1
                 if rejects is None:
@@ -355,9 +368,11 @@ async def _store(
     try:
         batch = Prepared()
         for line in rows:
-            key, row = split_sort_line(line)
+            key, row, leaf = split_sort_line(line)
             batch.lines.append(row)
             batch.keys.append(key)
+            if leaf:
+                batch.leaves.append(leaf)
             if len(batch.lines) >= batch_size:
                 await _submit(writer, batch, summary)
                 batch = Prepared()

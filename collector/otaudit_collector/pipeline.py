@@ -60,8 +60,10 @@ class Ingestor:
         max_inflight_bytes: int = 256 * 1024 * 1024,
         clock: Callable[[], int] = time.time_ns,
         metrics: Metrics | None = None,
+        seal: bool = True,
     ) -> None:
         self._writer = writer
+        self._seal = seal  # integrity.enabled: each event gets its seals and leaf hash
         self.metrics = metrics if metrics is not None else Metrics()  # the receivers count their requests in it too
         self._catalogs = catalogs
         self._policy = policy
@@ -120,7 +122,13 @@ class Ingestor:
         decoded = decode_json(body, depth, most) if as_json else decode_protobuf(body, depth, most)
         candidates = normalize_request(decoded, received_ns, policy)
         return prepare(
-            candidates, catalogs, received_ns, tenant=tenant, token_id=token_id, max_rejects=policy.max_rejects_per_request
+            candidates,
+            catalogs,
+            received_ns,
+            tenant=tenant,
+            token_id=token_id,
+            max_rejects=policy.max_rejects_per_request,
+            seal=self._seal,
         )
 
     async def export(

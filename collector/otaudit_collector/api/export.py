@@ -48,6 +48,7 @@ from otaudit_collector.core.tokens import Principal
 from otaudit_collector.metrics import Metrics
 from otaudit_collector.selfaudit import Access, SelfAudit
 from otaudit_collector.storage import exports as store
+from otaudit_collector.storage.bundles import BundleRefused
 
 __all__ = ["ExportContext", "ExportRunner", "Stalled", "add_export_routes", "audit_export", "export_event"]
 
@@ -202,13 +203,31 @@ async def _export(request: web.Request) -> web.StreamResponse:
                 _audit_failure(audit_export(ctx.audit, access, fmt, params, rows, "failure", reason, job_id=None))
             )
 
+        write = _within(response.write, ctx.stall_timeout_seconds)
+
+        async def sink(data: bytes) -> None:
+            # The response begins with the first bytes: a bundle, made whole before any is
+            # sent, can still be refused with a status of its own.
+            if not response.prepared:
+                await response.prepare(request)
+            await write(data)
+
         async with conn:
             try:
-                await response.prepare(request)
-                sink = _within(response.write, ctx.stall_timeout_seconds)
                 rows = await store.stream_export(
-                    conn, fmt, bom, where, where_params, sink, progress, sheet_rows=ctx.xlsx_sheet_rows
+                    conn,
+                    fmt,
+                    bom,
+                    where,
+                    where_params,
+                    sink,
+                    progress,
+                    sheet_rows=ctx.xlsx_sheet_rows,
+                    bundle=store.BundleSource(ctx.conninfo, tenant, params),
                 )
+            except BundleRefused as exc:  # found before a byte was sent (the bundle is made whole first)
+                await failed(str(exc))
+                return error(409, "no_bundle", str(exc))
             except Stalled as exc:
                 log.warning("export cut off: its client stopped reading", extra={"tenant": tenant, "rows": rows})
                 await failed(str(exc))
@@ -231,6 +250,8 @@ async def _export(request: web.Request) -> web.StreamResponse:
             raise
         streams.labels("success").inc()
         ctx.metrics.export_rows.labels("stream").inc(rows)
+        if not response.prepared:
+            await response.prepare(request)
         await response.write_eof()
         return response
     finally:

@@ -52,6 +52,7 @@ __all__ = [
     "plan_filters",
     "plan_of",
     "readable_categories",
+    "readable_event",
 ]
 
 log = logging.getLogger(__name__)
@@ -249,12 +250,15 @@ async def _page(ctx: ReadContext, tenant: str, categories: list[str] | None, fil
         return rows
 
 
-async def _event(request: web.Request) -> web.Response:
+async def readable_event(request: web.Request, columns: str) -> tuple[Any, ...] | web.Response:
+    """The row (``columns``) of the event ``{id}`` of the token's tenant, or the answer when the
+    caller may not read it: 404 when absent or older than the plan's query window (as if absent),
+    403 when its category is outside the plan. Every route that shows one event goes through here."""
     ctx = request.app[READS]
     principal = request[_PRINCIPAL]
     async with ctx.pool.connection() as conn:
         cur = await conn.execute(
-            f"SELECT category, {DOCUMENT_SQL}, occurred_at FROM events WHERE tenant = %(tenant)s AND (id, occurred_at) ="
+            f"SELECT category, occurred_at, {columns} FROM events WHERE tenant = %(tenant)s AND (id, occurred_at) ="
             " (SELECT id, occurred_at FROM event_ids WHERE tenant = %(tenant)s AND id = %(id)s)",
             {"tenant": principal.tenant, "id": request.match_info["id"]},
         )
@@ -262,7 +266,7 @@ async def _event(request: web.Request) -> web.Response:
     if row is None:
         return error(404, "not_found", f"no event {request.match_info['id']!r} in this tenant's trail")
     plan = plan_of(request)
-    if not in_window(row[2], plan, dt.datetime.now(dt.UTC)):  # as if absent: the plan does not read that far back
+    if not in_window(row[1], plan, dt.datetime.now(dt.UTC)):  # as if absent: the plan does not read that far back
         return error(
             404,
             "not_found",
@@ -270,7 +274,28 @@ async def _event(request: web.Request) -> web.Response:
             f" query window of {plan.query_window_days} days",
         )
     check_readable(row[0], plan, ctx.plans)
-    return web.Response(text=row[1], content_type="application/json")
+    return tuple(row[2:])
+
+
+async def _event(request: web.Request) -> web.Response:
+    found = await readable_event(
+        request,
+        f"{DOCUMENT_SQL}, seq, seals::text, (SELECT log_size FROM tenant_seq s WHERE s.tenant = events.tenant),"
+        " (SELECT max(size) FROM log_checkpoints c WHERE c.tenant = events.tenant)",
+    )
+    if isinstance(found, web.Response):
+        return found
+    document, seq, seals, log_size, checkpointed = found
+    # Where the event sits in the tenant's log (GET /v1/events/{id}/proof proves it once a
+    # checkpoint covers it), and the salts of its personal values: with them, the leaf entry
+    # can be recomputed from this answer.
+    where = {
+        "leaf_index": seq - 1,
+        "in_log": seq <= (log_size or 0),
+        "checkpointed": seq <= (checkpointed or 0),
+        "seals": json.loads(seals) if seals else {},
+    }
+    return web.Response(text=document[:-1] + ',"log":' + json.dumps(where, separators=(",", ":")) + "}", content_type="application/json")
 
 
 async def _feed(request: web.Request) -> web.Response:

@@ -43,11 +43,12 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "OTAUDIT_LOG_LEVEL": (("logging", "level"), str),
     "OTAUDIT_TOKEN_PEPPER": (("auth", "token_pepper"), str),
     "OTAUDIT_REQUIRE_INGEST_TOKEN": (("auth", "require_ingest_token"), _boolean),
+    "OTAUDIT_SIGNING_KEY": (("integrity", "signing_key"), str),
 }
 """Environment variables and the configuration key each sets (OTAUDIT_CONFIG names the file)."""
 
 
-_SECRETS = frozenset({"auth.token_pepper", "database.url"})
+_SECRETS = frozenset({"auth.token_pepper", "database.url", "integrity.signing_key"})
 """Keys whose values never appear in an error message (a URL may carry a password)."""
 
 
@@ -155,6 +156,11 @@ def _resolve_paths(doc: Mapping[str, Any], base: Path) -> None:
     database = doc.get("database")
     if isinstance(database, dict) and "data_dir" in database:
         database["data_dir"] = _absolute(database["data_dir"], base)
+    integrity = doc.get("integrity")
+    if isinstance(integrity, dict):
+        for key in ("signing_key_file", "witness_dir"):
+            if key in integrity:
+                integrity[key] = _absolute(integrity[key], base)
     catalogs = doc.get("catalogs")
     if isinstance(catalogs, dict) and isinstance(catalogs.get("dirs"), list):
         catalogs["dirs"] = [_absolute(d, base) for d in catalogs["dirs"]]

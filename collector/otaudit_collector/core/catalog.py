@@ -77,6 +77,8 @@ class Category:
     version: str
     source: str
     events: dict[str, EventDef]
+    personal: tuple[str, ...] = ()
+    """JSON pointers of personal values beyond the envelope's (``personal`` in the file): sealed in the log."""
 
 
 @dataclass(slots=True)
@@ -87,6 +89,11 @@ class CatalogSet:
     validators: dict[tuple[str, str], jsonschema_rs.Validator] = field(repr=False)
     by_event: dict[str, list[str]] = field(repr=False)
     fingerprint: str = ""
+
+    def personal_pointers(self, doc: dict[str, Any]) -> tuple[str, ...]:
+        """What the catalog of ``doc``'s category marks as personal, besides the envelope's fields."""
+        category = self.categories.get(doc.get("category"))  # type: ignore[arg-type]
+        return category.personal if category is not None else ()
 
     def check(self, doc: dict[str, Any]) -> Refusal | None:
         """Validate a normalized event; fill in its category when the event name implies it.
@@ -325,5 +332,7 @@ def load_catalogs(dirs: Sequence[Path]) -> CatalogSet:
                 compose(envelope, spec["schema"]), validate_formats=True
             )
             by_event.setdefault(event, []).append(category_id)
-        categories[category_id] = Category(category_id, doc["title"], doc["description"], doc["version"], str(path), events)
+        categories[category_id] = Category(
+            category_id, doc["title"], doc["description"], doc["version"], str(path), events, tuple(doc.get("personal", ()))
+        )
     return CatalogSet(categories, validators, by_event, fingerprint)

@@ -61,6 +61,8 @@ FORMATS = {
     "ndjson": Format("ndjson", "application/x-ndjson", "ndjson"),
     "json": Format("json", "application/json", "json"),
     "xlsx": Format("xlsx", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", "xlsx"),
+    # A verifiable bundle (storage.bundles, otaudit_verify.bundle): events, leaves, proof, checkpoint, key.
+    "bundle": Format("bundle", "application/zip", "zip"),
 }
 XLSX_CONTENT_TYPE = FORMATS["xlsx"].content_type
 

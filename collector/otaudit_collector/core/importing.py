@@ -372,16 +372,17 @@ def _short(text: str, limit: int = 80) -> str:
 # -- sorting runs ---------------------------------------------------------------------------
 
 
-def sort_line(occurred_at: str, number: int, tenant: str, event_id: str, row: str) -> str:
+def sort_line(occurred_at: str, number: int, tenant: str, event_id: str, row: str, leaf: bytes = b"") -> str:
     """One row of a sorted run, as a text line that sorts by time, then by its line in the file.
 
     ``occurred_at`` is iso_from_ns's fixed-width form (years 1970-9999), so text order is time
-    order; tenant and id hold no tab (envelope patterns) and the COPY row no newline.
+    order; tenant and id hold no tab (envelope patterns) and the COPY row no newline. ``leaf``:
+    the row's leaf hash for the log (none when the log is off).
     """
-    return f"{occurred_at}\t{number:012d}\t{tenant}\t{event_id}\t{row}\n"
+    return f"{occurred_at}\t{number:012d}\t{tenant}\t{event_id}\t{leaf.hex()}\t{row}\n"
 
 
-def split_sort_line(line: str) -> tuple[tuple[str, str, str], str]:
-    """A run's line back as the writer's key (tenant, id, occurred_at) and the COPY row."""
-    occurred_at, _number, tenant, event_id, row = line.rstrip("\n").split("\t", 4)
-    return (tenant, event_id, occurred_at), row
+def split_sort_line(line: str) -> tuple[tuple[str, str, str], str, bytes]:
+    """A run's line back as the writer's key (tenant, id, occurred_at), the COPY row and the leaf hash."""
+    occurred_at, _number, tenant, event_id, leaf, row = line.rstrip("\n").split("\t", 5)
+    return (tenant, event_id, occurred_at), row, bytes.fromhex(leaf)

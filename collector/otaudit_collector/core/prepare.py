@@ -23,6 +23,7 @@ from otaudit_collector.core.normalize import (
     too_many_rejects,
 )
 from otaudit_collector.core.otlp_model import encode_resource
+from otaudit_collector.core.sealing import Sealed, seal_event
 
 __all__ = ["Prepared", "RejectRow", "prepare", "document_row", "copy_text", "MAX_EVENT_BYTES", "EVENT_COLUMNS", "REJECT_REASONS"]
 
@@ -44,8 +45,9 @@ EVENT_COLUMNS = (
     "target_id",
     "flags",
     "doc",
+    "seals",
 )
-"""Columns of one COPY line, in order (the staging table adds its own ordinal)."""
+"""Columns of one COPY line, in order (the writer puts ``seq`` first)."""
 
 _MAX_REJECTS_NAMED = 20
 
@@ -89,6 +91,8 @@ class RejectRow:
 class Prepared:
     lines: list[str] = field(default_factory=list)
     keys: list[tuple[str, str, str]] = field(default_factory=list)  # (tenant, id, occurred_at) of each line
+    leaves: list[bytes] = field(default_factory=list)
+    """The leaf hash of each line (core.sealing), or none at all when the log is off."""
     rejects: list[RejectRow] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
     refused: int = 0
@@ -124,6 +128,7 @@ def prepare(
     tenant: str | None = None,
     token_id: str | None = None,
     max_rejects: int | None = None,
+    seal: bool = True,
 ) -> Prepared:
     """Validate each candidate against its catalog and build its row or its reject.
 
@@ -131,6 +136,7 @@ def prepare(
     another one is refused and not quarantined; the others' rejects record the token, so
     that a replay applies the same rule. More than ``max_rejects`` rejected records raise
     BadRequest (``too_many_rejects``): the request is refused whole, nothing is stored.
+    ``seal``: the log is on; each row gets its seals and its leaf hash (core.sealing).
     """
     out = Prepared()
     received = iso_from_ns(received_ns)
@@ -150,16 +156,19 @@ def prepare(
             refusal = catalogs.check(doc)
             if refusal is None:
                 try:
-                    text = _dumps(doc)
+                    sealed = _serialize(doc, received, catalogs, seal)
                 except (TypeError, ValueError):  # bytes or a non-finite double: make it storable, check again
                     cand.doc = doc = storable(doc)
                     refusal = catalogs.check(doc)
-                    text = _dumps(doc)
+                    sealed = _serialize(doc, received, catalogs, seal)
+                text = sealed.text
             if refusal is None:
-                line, problem = _line(doc, text, received)
+                line, problem = _line(doc, text, received, sealed.seals)
                 if line is not None:
                     out.lines.append(line)
                     out.keys.append((doc["tenant"], doc["id"], doc["occurred_at"]))
+                    if seal:
+                        out.leaves.append(sealed.leaf)
                     continue
                 refusal = Refusal("too_large" if len(text) > MAX_EVENT_BYTES else "unstorable", [problem])
             kind = refusal.reason
@@ -170,6 +179,13 @@ def prepare(
     if max_rejects is not None and out.rejected > max_rejects:
         raise too_many_rejects(str(out.rejected), max_rejects, out.messages[:5])
     return out
+
+
+def _serialize(doc: dict[str, Any], received: str, catalogs: CatalogSet, seal: bool) -> Sealed:
+    """The stored JSON of ``doc``, with its seals and leaf hash when the log is on."""
+    if not seal:
+        return Sealed(_dumps(doc), None, b"")
+    return seal_event(doc, received, catalogs.personal_pointers(doc))
 
 
 def _loaded_category(doc: dict[str, Any] | None, catalogs: CatalogSet) -> str | None:
@@ -233,7 +249,7 @@ _dumps = _ENCODER.encode
 _SPECIAL = re.compile(r"[\\\t\n\r]")
 
 
-def _line(doc: dict[str, Any], text: str, received: str) -> tuple[str | None, str]:
+def _line(doc: dict[str, Any], text: str, received: str, seals: str | None) -> tuple[str | None, str]:
     if len(text) > MAX_EVENT_BYTES:
         return None, f"the event is {len(text)} characters as JSON; at most {MAX_EVENT_BYTES} are stored"
     # PostgreSQL stores no NUL in text or jsonb. (Nor an unpaired surrogate: the OTLP decoders
@@ -262,20 +278,24 @@ def _line(doc: dict[str, Any], text: str, received: str) -> tuple[str | None, st
             *free,
             "{" + ",".join(flags) + "}" if flags else "{}",
             text.replace("\\", "\\\\"),
+            "\\N" if seals is None else seals.replace("\\", "\\\\"),
         )
     ), ""
 
 
-def document_row(doc: dict[str, Any], received: str) -> tuple[str | None, str]:
-    """The COPY line of a document that passed its catalog without coming from OTLP (``otaudit import``),
-    or None and why it cannot be stored: the same size and storability rules as ``prepare``."""
+def document_row(doc: dict[str, Any], received: str, catalogs: CatalogSet, *, seal: bool = True) -> tuple[str | None, str, bytes]:
+    """The COPY line and leaf hash of a document that passed its catalog without coming from OTLP
+    (``otaudit import``), or None and why it cannot be stored: the same size and storability rules
+    as ``prepare``."""
     try:
         text = _dumps(doc)
     except (TypeError, ValueError):
-        return None, "the event holds a value JSON cannot carry (NaN or Infinity): fix it in the file"
+        return None, "the event holds a value JSON cannot carry (NaN or Infinity): fix it in the file", b""
     if not text.isascii() and storable_text(text) != text:  # json.loads turns a "\ud800" escape into one
-        return None, "a string in the event contains an unpaired UTF-16 surrogate, which is not text: fix it in the file"
-    return _line(doc, text, received)
+        return None, "a string in the event contains an unpaired UTF-16 surrogate, which is not text: fix it in the file", b""
+    sealed = _serialize(doc, received, catalogs, seal)
+    line, problem = _line(doc, sealed.text, received, sealed.seals)
+    return line, problem, sealed.leaf
 
 
 def _where_nul(value: Any, path: str = "") -> str:

@@ -20,7 +20,8 @@ import json
 import logging
 import secrets
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import IO, Any
 
 import psycopg
@@ -29,6 +30,7 @@ from psycopg.rows import dict_row
 
 from otaudit_collector.core.export import CSV_COLUMNS, FORMATS, XLSX_SHEET_ROWS, Format, copy_sql, csv_header, sheet_row
 from otaudit_collector.core.query import parse_filters, where_sql
+from otaudit_collector.storage.bundles import stream_bundle
 
 __all__ = [
     "BLOCK_BYTES",
@@ -74,12 +76,18 @@ async def stream_export(
     progress: Callable[[int], Awaitable[None]] | None = None,
     *,
     sheet_rows: int = XLSX_SHEET_ROWS,
+    bundle: BundleSource | None = None,
 ) -> int:
     """COPY the matching events to ``sink`` in ``fmt``; returns the rows written.
 
     PostgreSQL sends one COPY message per row, so rows are counted without being parsed.
-    ``sheet_rows``: events per sheet of an xlsx file (Excel's limit by default).
+    ``sheet_rows``: events per sheet of an xlsx file (Excel's limit by default). ``bundle``:
+    where a bundle's material is read (it needs the log's tables, not only the rows).
     """
+    if fmt.name == "bundle":
+        if bundle is None:
+            raise ValueError("a bundle export needs its BundleSource")
+        return await stream_bundle(bundle.conninfo, bundle.tenant, where, params, sink, bundle.filters, progress)
     if fmt.name == "xlsx":
         return await _stream_xlsx(conn, where, params, sink, progress, sheet_rows)
     rows = 0
@@ -200,6 +208,14 @@ async def _stream_xlsx(
     return rows
 
 
+@dataclass(frozen=True, slots=True)
+class BundleSource:
+    conninfo: str
+    tenant: str
+    filters: Mapping[str, Any]
+    """As asked, for the manifest (informational)."""
+
+
 # -- jobs ------------------------------------------------------------------------------
 
 
@@ -309,7 +325,17 @@ async def run_job(
             async with reader.transaction():
                 total = await count_rows(reader, where, params)
                 await control.execute("UPDATE export_jobs SET total = %s WHERE id = %s", (total, job["id"]))
-                rows = await stream_export(reader, fmt, job["bom"], where, params, sink, progress, sheet_rows=sheet_rows)
+                rows = await stream_export(
+                    reader,
+                    fmt,
+                    job["bom"],
+                    where,
+                    params,
+                    sink,
+                    progress,
+                    sheet_rows=sheet_rows,
+                    bundle=BundleSource(conninfo, job["tenant"], job["filters"]),
+                )
             if buffer:
                 await flush_chunk(bytes(buffer))
             cur = await control.execute(

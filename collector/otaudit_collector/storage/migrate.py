@@ -32,6 +32,8 @@ def available_migrations() -> list[Migration]:
         match = _NAME.match(path.name)
         if match is None:
             raise RuntimeError(f"migration file {path.name} is not named NNNN_name.sql")
+        if found and found[-1].version == int(match[1]):  # e.g. a stale file left in an old build folder
+            raise RuntimeError(f"migrations {found[-1].path.name} and {path.name} have the same number: remove the stale one")
         found.append(Migration(int(match[1]), match[2], path))
     return found
 

@@ -228,9 +228,19 @@ WITH gone AS (
         SELECT ctid FROM {part} WHERE tenant = %(tenant)s AND occurred_at < %(cutoff)s
           AND coalesce((SELECT plan FROM tenants WHERE tenant = %(tenant)s), %(default)s) = %(plan)s
         LIMIT %(n)s))
-    RETURNING id),
-keys AS (DELETE FROM event_ids k USING gone WHERE k.tenant = %(tenant)s AND k.id = gone.id)
+    RETURNING id, seq),
+keys AS (DELETE FROM event_ids k USING gone WHERE k.tenant = %(tenant)s AND k.id = gone.id),
+pruned AS (
+    INSERT INTO log_pruned (run_id, tenant, seqs)
+    SELECT %(run)s, %(tenant)s, range_agg(int8range(seq, seq + 1)) FROM gone HAVING count(*) > 0
+    ON CONFLICT (run_id, tenant) DO UPDATE SET seqs = log_pruned.seqs + excluded.seqs)
 SELECT count(*) FROM gone
+"""
+# The seqs of a partition about to be dropped, recorded as pruned (their leaves stay in the log).
+_PRUNED_PARTITION_SQL = """
+INSERT INTO log_pruned (run_id, tenant, seqs)
+SELECT %(run)s, tenant, range_agg(int8range(seq, seq + 1)) FROM {part} GROUP BY tenant
+ON CONFLICT (run_id, tenant) DO UPDATE SET seqs = log_pruned.seqs + excluded.seqs
 """
 
 
@@ -292,7 +302,7 @@ def run_retention(
         try:
             plan, unfinished = _plan(conn, policy, now)
             report = _report(plan, policy, dry_run, unfinished)
-            _execute(conn, plan, policy, report, unfinished, stop or threading.Event())
+            _execute(conn, plan, policy, report, unfinished, stop or threading.Event(), int(run[0]))
         except Exception as exc:
             try:
                 _record(conn, run[0], report, f"{type(exc).__name__}: {exc}".strip())
@@ -370,6 +380,7 @@ def _execute(
     report: RetentionReport,
     unfinished: list[str],
     stop: threading.Event,
+    run_id: int = 0,
 ) -> None:
     for name in unfinished:
         _drop(conn, name)
@@ -386,6 +397,8 @@ def _execute(
         if stop.is_set():
             report.stopped = True
             return
+        # The log keeps these events' leaves: say which seqs retention removed, for 'otaudit verify'.
+        conn.execute(sql.SQL(_PRUNED_PARTITION_SQL).format(part=sql.Identifier(part.name)), {"run": run_id})
         conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(sql.Identifier(part.name), sql.Literal(_MARK)))
         conn.execute(sql.SQL("ALTER TABLE events DETACH PARTITION {} CONCURRENTLY").format(sql.Identifier(part.name)))
         _drop(conn, part.name)
@@ -407,6 +420,7 @@ def _execute(
                 "plan": deletion.plan,
                 "default": policy.default_plan,
                 "n": policy.batch_size,
+                "run": run_id,
             }
             while True:
                 if stop.is_set():

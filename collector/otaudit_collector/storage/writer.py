@@ -26,6 +26,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -35,6 +36,7 @@ from psycopg import errors as pgerrors
 from otaudit_collector.core.errors import IngestError, Overloaded, Unavailable
 from otaudit_collector.core.prepare import EVENT_COLUMNS, Prepared, RejectRow, copy_text
 from otaudit_collector.metrics import Metrics
+from otaudit_collector.storage.log import LogCorrupt, RightEdges, append_in_commit
 
 __all__ = ["Writer", "WriterStats", "close_quietly", "is_retryable"]
 
@@ -47,7 +49,7 @@ _EXISTING_SQL = (
 _SEQ_SQL = (
     "INSERT INTO tenant_seq AS t (tenant, last_seq) SELECT * FROM unnest(%s::text[], %s::bigint[])"
     " ON CONFLICT (tenant) DO UPDATE SET last_seq = t.last_seq + excluded.last_seq"
-    " RETURNING tenant, last_seq"
+    " RETURNING tenant, last_seq, log_size"
 )
 _NEW_TENANTS_SQL = "INSERT INTO tenants (tenant, plan) SELECT unnest(%s::text[]), %s ON CONFLICT (tenant) DO NOTHING"
 _COPY_EVENTS_SQL = f"COPY events (seq, {', '.join(EVENT_COLUMNS)}) FROM STDIN"
@@ -114,6 +116,7 @@ class Writer:
         retry_after_seconds: float = 1.0,
         default_plan: str | None = None,
         metrics: Metrics | None = None,
+        on_log_behind: Callable[[str], None] | None = None,
     ) -> None:
         self._conninfo = conninfo
         self._default_plan = default_plan
@@ -134,6 +137,8 @@ class Writer:
         self._metrics = metrics if metrics is not None else Metrics()
         self._metrics.queued_records.set_function(lambda: self._pending_records)
         self._metrics.watch_pool("writer", self.connection_stats)
+        self._edges = RightEdges()  # each tenant's rightmost tiles, as this writer last committed them
+        self._on_log_behind = on_log_behind
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -323,13 +328,17 @@ class Writer:
             raise psycopg.OperationalError("no database connection")
         lines: list[str] = []
         keys: list[tuple[str, str, str]] = []
+        leaves: list[bytes] = []
+        sealed = all(len(batch.leaves) == len(batch.lines) for batch in batches)  # the log is on
         seen: set[tuple[str, str]] = set()
         for batch in batches:
-            for line, key in zip(batch.lines, batch.keys, strict=True):
+            for n, (line, key) in enumerate(zip(batch.lines, batch.keys, strict=True)):
                 if (key[0], key[1]) not in seen:
                     seen.add((key[0], key[1]))
                     lines.append(line)
                     keys.append(key)
+                    if sealed:
+                        leaves.append(batch.leaves[n])
         rejects = [reject for batch in batches for reject in batch.rejects]
         for month in {key[2][:7] for key in keys} - self._partitions:
             await conn.execute("SELECT otaudit_ensure_partition(%s::timestamptz)", (f"{month}-01T00:00:00Z",))
@@ -340,14 +349,25 @@ class Writer:
             if stored:
                 fresh = [i for i, k in enumerate(keys) if (k[0], k[1]) not in stored]
                 lines, keys = [lines[i] for i in fresh], [keys[i] for i in fresh]
+                if sealed:
+                    leaves = [leaves[i] for i in fresh]
         counts: dict[str, int] = {}
         for key in keys:
             counts[key[0]] = counts.get(key[0], 0) + 1
+        edges: dict[str, tuple[int, dict[int, bytes]]] = {}
+        behind: list[str] = []
         async with conn.transaction(), conn.cursor() as cur:
             if keys:
                 tenants = sorted(counts)  # one lock order for every writer: no deadlock between them
                 await cur.execute(_SEQ_SQL, (tenants, [counts[t] for t in tenants]))
-                next_seq = {str(t): cast(int, last) - counts[str(t)] for t, last in await cur.fetchall()}
+                next_seq = {}
+                in_sync = set()
+                for t, last, log_size in await cur.fetchall():
+                    next_seq[str(t)] = cast(int, last) - counts[str(t)]
+                    if log_size == next_seq[str(t)]:
+                        in_sync.add(str(t))
+                    elif sealed:
+                        behind.append(str(t))
                 first_seen = [t for t, before in next_seq.items() if before == 0]
                 if first_seen and self._default_plan is not None:  # a tenant's first events: it gets the default plan
                     await cur.execute(_NEW_TENANTS_SQL, (first_seen, self._default_plan))
@@ -359,10 +379,29 @@ class Writer:
                     await copy.write("".join(numbered))
                 async with cur.copy(_COPY_IDS_SQL) as copy:
                     await copy.write("".join(f"{k[0]}\t{k[1]}\t{k[2]}\n" for k in keys))
+                if sealed and in_sync:
+                    # The tree grows in this transaction, under the same locks as seq: the rows,
+                    # seq and the tree never disagree. Leaves go in seq order (the numbering's).
+                    appends: dict[str, tuple[int, list[bytes]]] = {t: (next_seq[t] - counts[t], []) for t in in_sync}
+                    for key, leaf in zip(keys, leaves, strict=True):
+                        if key[0] in appends:
+                            appends[key[0]][1].append(leaf)
+                    try:
+                        edges = await append_in_commit(cur, self._edges, appends)
+                    except LogCorrupt as exc:
+                        # The events are stored all the same (an audit trail does not refuse
+                        # events); the log stays behind, and 'otaudit verify' says why.
+                        log.error("the log cannot be extended; events are stored, the log is left behind", extra={"error": str(exc)})
+                        self._edges.forget(list(appends))
+                        behind.extend(appends)
             if rejects:
                 async with cur.copy(_COPY_REJECTS_SQL) as copy:
                     await copy.write(_reject_lines(rejects))
                 await cur.execute(_REJECT_SQL)
+        self._edges.update(edges)  # committed: these are the tiles as stored now
+        if behind and self._on_log_behind is not None:
+            for tenant in behind:
+                self._on_log_behind(tenant)
         stats = self.stats
         duplicates = sum(len(b.lines) for b in batches) - len(keys)
         stats.transactions += 1

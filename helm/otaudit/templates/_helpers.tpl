@@ -73,7 +73,7 @@ app.kubernetes.io/part-of: otaudit
 {{- define "otaudit.secretName" -}}
 {{- if .Values.existingSecret.name }}
 {{- .Values.existingSecret.name }}
-{{- else if or .Values.database.url .Values.auth.tokenPepper }}
+{{- else if or .Values.database.url .Values.auth.tokenPepper .Values.integrity.signingKey }}
 {{- include "otaudit.fullname" . }}
 {{- end }}
 {{- end }}
@@ -90,6 +90,13 @@ app.kubernetes.io/part-of: otaudit
 {{- if .Values.existingSecret.name }}
 {{- if .Values.existingSecret.tokenPepperKey }}true{{ end }}
 {{- else if .Values.auth.tokenPepper }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the collector gets the log's signing key from the Secret. */}}
+{{- define "otaudit.hasSigningKey" -}}
+{{- if .Values.existingSecret.name }}
+{{- if .Values.existingSecret.signingKeyKey }}true{{ end }}
+{{- else if .Values.integrity.signingKey }}true{{ end }}
 {{- end }}
 
 {{/* "true" when the collector runs the embedded PostgreSQL (a sidecar that asked for it). */}}
@@ -239,6 +246,9 @@ data:
   {{- with .Values.auth.tokenPepper }}
   token-pepper: {{ . | b64enc | quote }}
   {{- end }}
+  {{- with .Values.integrity.signingKey }}
+  signing-key: {{ . | b64enc | quote }}
+  {{- end }}
 {{- end }}
 
 {{/* Pod template annotations: checksums that roll the pods when the configuration or the chart-made Secret changes. */}}
@@ -310,6 +320,13 @@ prometheus.io/path: /metrics
         secretKeyRef:
           name: {{ $secret }}
           key: {{ ternary .Values.existingSecret.tokenPepperKey "token-pepper" (ne .Values.existingSecret.name "") }}
+    {{- end }}
+    {{- if include "otaudit.hasSigningKey" . }}
+    - name: OTAUDIT_SIGNING_KEY
+      valueFrom:
+        secretKeyRef:
+          name: {{ $secret }}
+          key: {{ ternary .Values.existingSecret.signingKeyKey "signing-key" (ne .Values.existingSecret.name "") }}
     {{- end }}
     {{- with .Values.extraEnv }}
     {{- toYaml . | nindent 4 }}

@@ -623,10 +623,153 @@
         ["Scope", source.scope]])),
       section("Trace", facts([["Trace id", trace.trace_id], ["Span id", trace.span_id]])),
       section("Other attributes", mapTable(event.attributes, "details")),
+      integritySection(event),
       raw,
     ]) {
       if (part) body.append(part);
     }
+  }
+
+  // -- the event's place in the tamper-evident log ---------------------------------------------
+  //
+  // The collector answers GET /v1/events/{id}/proof with the event's leaf entry, its RFC 6962
+  // inclusion proof and the signed checkpoint. This page checks, here in the browser: that the
+  // entry is this event (every field shown, personal values as commitments), that its leaf hash
+  // and the proof lead to the checkpoint's root, and, where the browser has Ed25519, the
+  // checkpoint's signature with the key the collector names.
+
+  function bytesOf(b64) {
+    const text = atob(b64);
+    const out = new Uint8Array(text.length);
+    for (let i = 0; i < text.length; i += 1) out[i] = text.charCodeAt(i);
+    return out;
+  }
+
+  function joined(...parts) {
+    const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+    let at = 0;
+    for (const part of parts) {
+      out.set(part, at);
+      at += part.length;
+    }
+    return out;
+  }
+
+  async function sha256(bytes) {
+    return new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+  }
+
+  function equalBytes(a, b) {
+    return a.length === b.length && a.every((x, i) => x === b[i]);
+  }
+
+  // RFC 9162 2.1.3.2, with plain numbers (indexes up to 2^53) instead of 32-bit bit operations.
+  async function rootFromProof(leaf, index, size, proof) {
+    let fn = index;
+    let sn = size - 1;
+    let r = leaf;
+    for (const p of proof) {
+      if (sn === 0) return null;
+      if (fn % 2 === 1 || fn === sn) {
+        r = await sha256(joined(Uint8Array.of(1), p, r));
+        while (fn % 2 === 0 && fn !== 0) {
+          fn = Math.floor(fn / 2);
+          sn = Math.floor(sn / 2);
+        }
+      } else {
+        r = await sha256(joined(Uint8Array.of(1), r, p));
+      }
+      fn = Math.floor(fn / 2);
+      sn = Math.floor(sn / 2);
+    }
+    return sn === 0 ? r : null;
+  }
+
+  function sameJson(a, b) {
+    if (Array.isArray(a) || Array.isArray(b)) {
+      return Array.isArray(a) && Array.isArray(b) && a.length === b.length && a.every((x, i) => sameJson(x, b[i]));
+    }
+    if (a && b && typeof a === "object" && typeof b === "object") {
+      const keys = Object.keys(a);
+      return keys.length === Object.keys(b).length && keys.every((k) => Object.prototype.hasOwnProperty.call(b, k) && sameJson(a[k], b[k]));
+    }
+    return a === b;
+  }
+
+  function withoutCommitted(event, committed) {
+    const doc = JSON.parse(JSON.stringify(event));
+    for (const key of ["seq", "received_at", "log"]) delete doc[key];
+    for (const pointer of Object.keys(committed)) {
+      const parts = pointer.split("/").slice(1).map((p) => p.replace(/~1/g, "/").replace(/~0/g, "~"));
+      let node = doc;
+      for (const part of parts.slice(0, -1)) node = node ? node[part] : undefined;
+      if (node && typeof node === "object") node[parts[parts.length - 1]] = null;
+    }
+    return doc;
+  }
+
+  async function signatureChecked(note, vkey) {
+    const first = vkey.indexOf("+");
+    const second = vkey.indexOf("+", first + 1);
+    const name = vkey.slice(0, first);
+    const keyB64 = vkey.slice(second + 1);
+    if (first < 1 || second < 0 || !keyB64) return "the checkpoint's key is not readable";
+    const blank = note.indexOf("\n\n");
+    const text = new TextEncoder().encode(note.slice(0, blank + 1));
+    const line = note.slice(blank + 2).split("\n").find((l) => l.startsWith(`\u2014 ${name} `));
+    if (!line) return "the checkpoint has no signature of its key";
+    const sig = bytesOf(line.split(" ")[2]).slice(4);
+    try {
+      const key = await crypto.subtle.importKey("raw", bytesOf(keyB64).slice(1), { name: "Ed25519" }, false, ["verify"]);
+      return (await crypto.subtle.verify({ name: "Ed25519" }, key, sig, text)) ? true : "the checkpoint's signature does not verify";
+    } catch (err) {
+      return null; // this browser has no Ed25519: the collector checked the signature
+    }
+  }
+
+  async function checkInclusion(event, proof) {
+    const entryBytes = bytesOf(proof.entry);
+    const entry = JSON.parse(new TextDecoder().decode(entryBytes));
+    if (!sameJson(entry.event, withoutCommitted(event, entry.committed || {})) || entry.received_at !== event.received_at) {
+      return { ok: false, text: "The log's entry for this event is not the event shown: it may have been altered." };
+    }
+    const leaf = await sha256(joined(Uint8Array.of(0), entryBytes));
+    const root = await rootFromProof(leaf, proof.leaf_index, proof.tree_size, proof.proof.map(bytesOf));
+    const signed = proof.checkpoint.split("\n");
+    if (!root || !equalBytes(root, bytesOf(proof.root)) || signed[2] !== proof.root || Number(signed[1]) !== proof.tree_size) {
+      return { ok: false, text: "The inclusion proof does not lead to the checkpoint's root: the log may have been altered." };
+    }
+    const signature = await signatureChecked(proof.checkpoint, proof.key);
+    if (typeof signature === "string") return { ok: false, text: `Inclusion verified, but ${signature}.` };
+    const how = signature ? "its signature too" : "its signature was checked by the collector";
+    return {
+      ok: true,
+      text: `Verified in this browser: leaf ${proof.leaf_index.toLocaleString()} of the ${proof.tree_size.toLocaleString()}-event checkpoint of ${proof.checkpoint_time} (${how}; key ${proof.key.split("+").slice(0, 2).join("+")}).`,
+    };
+  }
+
+  function integritySection(event) {
+    const status = el("p", { className: "muted integrity", text: "Checking this event against the signed log…" });
+    status.setAttribute("data-state", "checking");
+    (async () => {
+      let result;
+      try {
+        if (!event.log || !event.log.checkpointed) {
+          result = { ok: null, text: "Not in a signed checkpoint yet: one is signed every few seconds; open the event again shortly." };
+        } else {
+          const proof = await api(`/v1/events/${encodeURIComponent(event.id)}/proof`);
+          result = await checkInclusion(event, proof);
+        }
+      } catch (err) {
+        const code = err instanceof ApiError ? err.code : "";
+        if (code === "log_inconsistent") result = { ok: false, text: err.message };
+        else result = { ok: null, text: `Could not check: ${err.message}` };
+      }
+      status.textContent = result.text;
+      status.className = result.ok ? "integrity verified" : result.ok === false ? "integrity failed" : "muted integrity";
+      status.setAttribute("data-state", result.ok ? "verified" : result.ok === false ? "failed" : "pending");
+    })();
+    return section("Integrity", status);
   }
 
   // -- exports --------------------------------------------------------------------------------

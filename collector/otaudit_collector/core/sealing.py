@@ -1,0 +1,105 @@
+"""An event sealed for the log at ingest: its stored JSON, its seals and its leaf hash.
+
+The leaf entry (``otaudit_verify.entry``) is the RFC 8785 JSON of the event with each
+personal value replaced by ``null``, beside the salted commitments of those values. Built
+naively, that is a second serialization of every event besides the one stored. Here the
+event is serialized once, canonically, with a placeholder where each personal value
+goes; the stored text puts the values back in place of the placeholders and the entry
+puts ``null``. ``tests/integrity/test_sealing.py`` holds this to ``entry.leaf_entry`` byte
+for byte.
+
+A placeholder is a string of a NUL, its number and a NUL: the canonical JSON escapes a
+NUL as ``\\u0000``, and no stored value holds one (``prepare`` rejects them), so the
+placeholder's quoted text cannot occur anywhere else in the serialization.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from otaudit_verify.entry import ENTRY_VERSION, canonical_json, commitment, personal_pointers
+
+__all__ = ["Sealed", "seal_event", "SALT_BYTES"]
+
+SALT_BYTES = 16
+"""Random bytes of each salt: 128 bits, so that a commitment cannot be reversed by guessing its value."""
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    text: str
+    """The event as stored (JSON; not canonical, any key order)."""
+    seals: str | None
+    """The seals column as JSON text, or None when the event has no personal value."""
+    leaf: bytes
+    """The event's RFC 6962 leaf hash: SHA-256(0x00 || entry)."""
+
+
+def _unescape(token: str) -> str:
+    return token.replace("~1", "/").replace("~0", "~")
+
+
+def _parent(doc: Any, pointer: str) -> tuple[Any, Any]:
+    """The container holding ``pointer``'s value, and its key or index in it."""
+    parts = [_unescape(part) for part in pointer.split("/")[1:]]
+    node = doc
+    for part in parts[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    last: Any = int(parts[-1]) if isinstance(node, list) else parts[-1]
+    return node, last
+
+
+def seal_event(
+    doc: dict[str, Any],
+    received_at: str,
+    extra_pointers: Iterable[str] = (),
+    random: Callable[[int], bytes] = os.urandom,
+) -> Sealed:
+    """Seal ``doc`` (not changed: values are swapped out and back in place) received at ``received_at``
+    (as stored: RFC 3339 UTC with microseconds). ``extra_pointers``: what its catalog marks as personal."""
+    pointers = personal_pointers(doc, extra_pointers)
+    if not pointers:
+        canonical = canonical_json(doc)
+        entry = b'{"committed":{},"event":' + canonical + b',"received_at":' + canonical_json(received_at) + b',"v":1}'
+        return Sealed(canonical.decode("utf-8"), None, hashlib.sha256(b"\x00" + entry).digest())
+    salts = random(SALT_BYTES * len(pointers))
+    places = [_parent(doc, pointer) for pointer in pointers]
+    values = [node[key] for node, key in places]
+    try:
+        for number, (node, key) in enumerate(places):
+            node[key] = f"\x00{number}\x00"
+        canonical = canonical_json(doc)
+    finally:
+        for (node, key), value in zip(places, values, strict=True):
+            node[key] = value
+    text = canonical.decode("utf-8")
+    event = canonical
+    seals: dict[str, dict[str, str]] = {}
+    committed: dict[str, str] = {}
+    for number, (pointer, value) in enumerate(zip(pointers, values, strict=True)):
+        salt = salts[number * SALT_BYTES : (number + 1) * SALT_BYTES]
+        token = f'"\\u0000{number}\\u0000"'
+        text = text.replace(token, _dumps(value), 1)
+        event = event.replace(token.encode("ascii"), b"null", 1)
+        seals[pointer] = {"salt": base64.b64encode(salt).decode("ascii")}
+        committed[pointer] = base64.b64encode(commitment(salt, value)).decode("ascii")
+    entry = (
+        b'{"committed":'
+        + canonical_json(committed)
+        + b',"event":'
+        + event
+        + b',"received_at":'
+        + canonical_json(received_at)
+        + b',"v":'
+        + str(ENTRY_VERSION).encode("ascii")
+        + b"}"
+    )
+    return Sealed(text, _dumps(seals), hashlib.sha256(b"\x00" + entry).digest())
