@@ -13,8 +13,8 @@ from __future__ import annotations
 import io
 import json
 import time
-import zipfile
 import uuid
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.resources import files

@@ -10,11 +10,11 @@ from typing import Any
 import psycopg
 import requests
 from gotlog import run_checks
-from otaudit_verify import merkle
 from support import RunningCollector
 from test_api_reads import ROLE, send, token
 
 from otaudit_collector.storage import log as logdb
+from otaudit_verify import merkle
 
 EVENTS = 700  # two full tiles and a partial one at level 0, a partial one at level 1
 

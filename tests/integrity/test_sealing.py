@@ -10,9 +10,9 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from otaudit_verify.entry import canonical_json, entry_hash, leaf_entry
 
 from otaudit_collector.core.sealing import seal_event
+from otaudit_verify.entry import canonical_json, entry_hash, leaf_entry
 
 TEXT = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=12)
 SCALARS = st.one_of(

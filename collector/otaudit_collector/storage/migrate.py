@@ -27,7 +27,7 @@ class Migration:
 
 
 def available_migrations() -> list[Migration]:
-    found = []
+    found: list[Migration] = []
     for path in sorted(_DIR.glob("*.sql")):
         match = _NAME.match(path.name)
         if match is None:
