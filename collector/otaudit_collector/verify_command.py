@@ -40,7 +40,7 @@ from otaudit_collector.export_command import Progress
 from otaudit_collector.storage import log as logdb
 from otaudit_verify import merkle, tiles
 from otaudit_verify.checkpoint import CheckpointError, parse_checkpoint
-from otaudit_verify.entry import EntryError, entry_hash
+from otaudit_verify.entry import EntryError, entry_hash_owned
 from otaudit_verify.note import NoteError, Verifier, open_note, parse_verifier_key
 
 __all__ = ["verify_command", "verify_tenant", "TenantReport"]
@@ -161,8 +161,10 @@ def _check_chunk(
         expected = seq + 1
         at = (seq - 1 - start) * merkle.HASH_SIZE
         doc = json.loads(doc_text)
+        # The columns first: making the entry sets the document's sealed (personal) values to null.
+        columns_agree = doc.get("id") == event_id and list(_derived(doc)) == [*columns[:8], list(columns[8] or []), columns[9]]
         try:
-            leaf = entry_hash(doc, received, json.loads(seals_text) if seals_text else {})
+            leaf = entry_hash_owned(doc, received, json.loads(seals_text) if seals_text else {})
         except (EntryError, ValueError, KeyError, TypeError) as exc:
             problems.append((seq, event_id, f"its leaf entry cannot be made: {exc}"))
             continue
@@ -178,7 +180,7 @@ def _check_chunk(
             else:
                 problems.append((seq, event_id, "its content is not what the log recorded (altered)"))
             leaves[at : at + merkle.HASH_SIZE] = leaf
-        if doc.get("id") != event_id or list(_derived(doc)) != [*columns[:8], list(columns[8] or []), columns[9]]:
+        if not columns_agree:
             problems.append((seq, event_id, "a column differs from the event's document (altered column)"))
     missing.extend(range(expected, stop + 1))
     return start, bytes(leaves), problems, rows, missing

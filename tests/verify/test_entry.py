@@ -22,8 +22,10 @@ from otaudit_verify.entry import (
     canonical_json,
     commitment,
     entry_hash,
+    entry_hash_owned,
     erase,
     leaf_entry,
+    leaf_entry_owned,
     personal_pointers,
     seal,
 )
@@ -465,6 +467,28 @@ def test_the_leaf_depends_on_the_salt_the_value_and_nothing_else() -> None:
 def test_leaf_entry_rejects_bad_seals(seals: dict[str, Any], message: str) -> None:
     with pytest.raises(EntryError, match=message):
         leaf_entry(EVENT, "t", seals)
+    with pytest.raises(EntryError, match=message):  # the in-place one refuses the same
+        leaf_entry_owned(copy.deepcopy(EVENT), "t", seals)
+
+
+@given(
+    st.dictionaries(TEXT, ANY_JSON, max_size=4),
+    st.sampled_from([(), ("/client/address",), ("/details/*",), ("/changes/*/old", "/changes/*/new")]),
+    st.one_of(TEXT, st.none()),
+)
+def test_the_in_place_entry_is_the_entry(details: dict[str, Any], extra: tuple[str, ...], email: Any) -> None:
+    """What verifiers use on the documents they just parsed: the same bytes as leaf_entry."""
+    doc = {
+        **EVENT,
+        "actor": {**EVENT["actor"], "email": email, "id": "ann@acme.test"},
+        "details": details,
+        "changes": [{"field": "x", "old": copy.deepcopy(details), "new": email}],  # parsed JSON shares no objects
+    }
+    seals = seal(doc, personal_pointers(doc, extra))
+    assert leaf_entry_owned(copy.deepcopy(doc), "2026-12-07T10:00:00.000000Z", seals) == leaf_entry(
+        doc, "2026-12-07T10:00:00.000000Z", seals
+    )
+    assert entry_hash_owned(copy.deepcopy(doc), "t", seals) == entry_hash(doc, "t", seals)
 
 
 def test_leaf_entry_rejects_a_bad_received_at_or_doc() -> None:

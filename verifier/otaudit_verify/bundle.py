@@ -120,7 +120,7 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from otaudit_verify.checkpoint import CheckpointError, parse_checkpoint, tenant_of
-from otaudit_verify.entry import EntryError, entry_hash
+from otaudit_verify.entry import EntryError, entry_hash_owned
 from otaudit_verify.merkle import HASH_SIZE, ProofError, root_from_range
 from otaudit_verify.note import NoteError, Verifier, open_note, parse_verifier_key, signatures_of
 
@@ -646,7 +646,7 @@ def _check_chunk(scope: _Scope, start_line: int, data: bytes) -> _Chunk:
             if event.get("tenant") != tenant or event.get("id") != event_id:
                 _raise_bad_identity(seq, event_id, event, tenant)
             try:
-                leaf = entry_hash(event, received_at, seals)
+                leaf = entry_hash_owned(event, received_at, seals)  # the record is not used after
             except (EntryError, ValueError, TypeError) as exc:
                 raise BundleError(f"{_event_name(seq, event_id)}: its leaf entry cannot be made: {exc}") from None
             offset = (seq - first) * HASH_SIZE

@@ -67,8 +67,10 @@ __all__ = [
     "canonical_json",
     "commitment",
     "entry_hash",
+    "entry_hash_owned",
     "erase",
     "leaf_entry",
+    "leaf_entry_owned",
     "personal_pointers",
     "seal",
 ]
@@ -456,6 +458,48 @@ def leaf_entry(doc: Mapping[str, Any], received_at: str, seals: Mapping[str, Map
 def entry_hash(doc: Mapping[str, Any], received_at: str, seals: Mapping[str, Mapping[str, str]]) -> bytes:
     """The RFC 6962 leaf hash of the event: ``SHA-256(0x00 || leaf_entry(...))``."""
     return hashlib.sha256(b"\x00" + leaf_entry(doc, received_at, seals)).digest()
+
+
+def leaf_entry_owned(doc: dict[str, Any], received_at: str, seals: Mapping[str, Mapping[str, str]]) -> bytes:
+    """``leaf_entry`` of a document the caller owns and will not use again (one just parsed):
+    its sealed values are set to null in place, so nothing is copied. The same bytes, faster;
+    what a verifier of millions of stored events uses."""
+    if not isinstance(received_at, str):
+        raise EntryError(f"received_at is a {type(received_at).__name__}; it must be the stored timestamp string")
+    if not isinstance(doc, dict):
+        raise EntryError(f"event document is a {type(doc).__name__}; it must be a JSON object")
+    if len(seals) > 1:
+        _check_disjoint(seals)
+    committed: dict[str, str] = {}
+    for pointer, form in seals.items():
+        container: Any = doc
+        tokens = _tokens(pointer)
+        for token in tokens[:-1]:
+            found, container = _child(container, token)
+            if not found or not isinstance(container, (dict, list)):
+                raise EntryError(f"sealed pointer {pointer!r} is not in the event; seal only values the event has")
+        found, value = _child(container, tokens[-1])
+        if not found:
+            raise EntryError(f"sealed pointer {pointer!r} is not in the event; seal only values the event has")
+        container[tokens[-1] if isinstance(container, dict) else int(tokens[-1])] = None
+        committed[pointer] = base64.b64encode(_committed(pointer, form, value)).decode("ascii")
+    # The keys of the entry in JCS order (committed < event < received_at < v), each value canonical.
+    return (
+        b'{"committed":'
+        + canonical_json(committed)
+        + b',"event":'
+        + canonical_json(doc)
+        + b',"received_at":'
+        + canonical_json(received_at)
+        + b',"v":'
+        + str(ENTRY_VERSION).encode("ascii")
+        + b"}"
+    )
+
+
+def entry_hash_owned(doc: dict[str, Any], received_at: str, seals: Mapping[str, Mapping[str, str]]) -> bytes:
+    """``entry_hash`` of a document the caller owns (``leaf_entry_owned``: its sealed values become null)."""
+    return hashlib.sha256(b"\x00" + leaf_entry_owned(doc, received_at, seals)).digest()
 
 
 def erase(

@@ -26,7 +26,7 @@ from otaudit_collector.integrity import LogKeys
 from otaudit_collector.storage import log as logdb
 from otaudit_verify import merkle, tiles
 from otaudit_verify.checkpoint import TlogProof
-from otaudit_verify.entry import leaf_entry
+from otaudit_verify.entry import leaf_entry_owned
 
 __all__ = ["LogContext", "add_log_routes", "LOG"]
 
@@ -90,7 +90,7 @@ def _size_param(request: web.Request, name: str) -> int | None:
     text = request.query.get(name)
     if text is None or text == "":
         return None
-    if not text.isdigit() or len(text) > 18:
+    if not text.isascii() or not text.isdigit() or len(text) > 18 or int(text) < 1:
         raise BadFilter(name, f"'{text[:40]}' is not a tree size (a whole number of leaves, at least 1)")
     return int(text)
 
@@ -173,7 +173,7 @@ async def _proof(request: web.Request) -> web.Response:
     if checkpoint is None or checkpoint.size <= index:
         what = f"no checkpoint of size {asked}" if asked is not None else "no checkpoint covers this event yet"
         return error(404, "not_found", f"{what}: checkpoints are signed every integrity.checkpoint_seconds; try again shortly")
-    entry = leaf_entry(doc, received, seals or {})
+    entry = leaf_entry_owned(doc, received, seals or {})  # the row's own copy: not used after
     leaf = merkle.leaf_hash(entry)
     try:
         hash_at = await _hashes(request, tenant, checkpoint.size, tiles.tiles_for_proof(index, checkpoint.size))

@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 
 from otaudit_verify import merkle, tiles
-from otaudit_verify.entry import entry_hash, personal_pointers, seal
+from otaudit_verify.entry import entry_hash_owned, personal_pointers, seal
 
 __all__ = ["RightEdges", "append_in_commit", "read_tiles", "LogState", "log_state", "hash_reader_for", "catch_up"]
 
@@ -205,7 +205,7 @@ def catch_up(
                             conn.execute(
                                 "UPDATE events SET seals = %s WHERE tenant = %s AND seq = %s", (json.dumps(seals), tenant, seq)
                             )
-                    leaves.append(entry_hash(doc, received, seals or {}))
+                    leaves.append(entry_hash_owned(doc, received, seals or {}))  # doc is not used after
                 _append_sync(conn, tenant, size, leaves)
                 appended += len(leaves)
 
