@@ -34,8 +34,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from otaudit_collector.storage import log as logdb
 from otaudit_verify import merkle
-from otaudit_verify.checkpoint import Checkpoint, origin_for, parse_checkpoint
-from otaudit_verify.note import Signer, Verifier, load_signer_seed, open_note, parse_verifier_key, seed_text, sign_note
+from otaudit_verify.checkpoint import Checkpoint, CheckpointError, origin_for, parse_checkpoint
+from otaudit_verify.note import (
+    NoteError,
+    Signer,
+    Verifier,
+    load_signer_seed,
+    open_note,
+    parse_verifier_key,
+    seed_text,
+    sign_note,
+)
 
 __all__ = ["LogKeys", "load_log_keys", "Witnesses", "make_checkpoints", "CheckpointRefused"]
 
@@ -221,7 +230,7 @@ def make_checkpoints(conninfo: str, keys: LogKeys, witnesses: Witnesses, tenants
                 try:
                     if checkpoint_tenant(conn, keys, witnesses, tenant, size):
                         done.append(tenant)
-                except (CheckpointRefused, logdb.LogCorrupt) as exc:
+                except (CheckpointRefused, logdb.LogCorrupt, NoteError, CheckpointError) as exc:
                     log.error(
                         "no checkpoint signed for a tenant: its log disagrees with what was published",
                         extra={"tenant": tenant, "error": str(exc)},

@@ -459,3 +459,76 @@ def test_verify_through_the_api_checks_what_the_tenants_token_can(logged: Runnin
     tiles = otaudit(*args, env=env)
     # Leaf 0's hash no longer gives the level-1 tile above it (nor the signed root).
     assert tiles.returncode == 1 and "tile tile/1/000.p/1 does not hold the hashes" in tiles.stdout, tiles.stdout + tiles.stderr
+
+
+# -- keys and witnesses ------------------------------------------------------------------------
+
+
+def test_a_rotated_key_keeps_earlier_checkpoints_verifiable(db: str) -> None:
+    old_key, new_key = generate_signer("x"), generate_signer("x")
+    first = RunningCollector(settings_for(db, {("integrity", "signing_key"): old_key.skey()}))
+    try:
+        send(first.grpc_target, [(_doc(n), None) for n in range(10)])
+        first.call(first.collector.make_checkpoints_now())
+        old_vkey = _keys(first).signer("acme").verifier().vkey()
+    finally:
+        first.stop()
+    # The operator rotates: a new signing key, the old one's verifier key trusted.
+    second = RunningCollector(
+        settings_for(db, {("integrity", "signing_key"): new_key.skey(), ("integrity", "trusted_keys"): [old_vkey]})
+    )
+    try:
+        send(second.grpc_target, [(_doc(n), None) for n in range(10, 20)])
+        second.call(second.collector.make_checkpoints_now())
+        keys = _keys(second)
+        report = verify_tenant(db, "acme", keys.verifiers("acme"))
+        assert report.ok and report.checkpoints_checked == 2, report.lines()
+        served = requests.get(
+            second.api_url + "/v1/log/key", headers={"Authorization": f"Bearer {token(db, 'acme')}"}, timeout=30
+        ).text.splitlines()
+        assert served == [keys.signer("acme").verifier().vkey(), old_vkey]  # the current key first
+        # Without the old key trusted, its checkpoint is reported, not silently accepted.
+        alone = verify_tenant(db, "acme", [keys.signer("acme").verifier()])
+        assert any("size 10:" in p and "trusted key" in p for p in alone.problems), alone.lines()
+    finally:
+        second.stop()
+
+
+def test_each_new_checkpoint_is_posted_to_a_tlog_witness_with_its_consistency_proof(db: str) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[str] = []
+
+    class Witness(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the http.server API
+            body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+            received.append(body)
+            self.send_response(200 if self.path == "/w/add-checkpoint" else 404)
+            self.end_headers()
+            self.wfile.write(b"\xe2\x80\x94 witness.example AAAA\n")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Witness)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    running = RunningCollector(settings_for(db, {("integrity", "witness_urls"): [f"http://127.0.0.1:{server.server_port}/w"]}))
+    try:
+        send(running.grpc_target, [(_doc(n), None) for n in range(5)])
+        running.call(running.collector.make_checkpoints_now())
+        send(running.grpc_target, [(_doc(n), None) for n in range(5, 300)])
+        running.call(running.collector.make_checkpoints_now())
+    finally:
+        running.stop()
+        server.shutdown()
+    assert len(received) == 2
+    # C2SP tlog-witness: "old N", the consistency proof from N, a blank line, the signed checkpoint.
+    first_head, first_note = received[0].split("\n\n", 1)
+    assert first_head == "old 0" and parse_checkpoint(first_note.split("\n\n")[0] + "\n").size == 5
+    head, note = received[1].split("\n\n", 1)
+    old_line, *proof = head.split("\n")
+    assert old_line == "old 5"
+    new = parse_checkpoint(note.split("\n\n")[0] + "\n")
+    old = parse_checkpoint(first_note.split("\n\n")[0] + "\n")
+    merkle.verify_consistency(5, new.size, old.root, new.root, [base64.b64decode(h) for h in proof])
