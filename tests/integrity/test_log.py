@@ -532,3 +532,21 @@ def test_each_new_checkpoint_is_posted_to_a_tlog_witness_with_its_consistency_pr
     new = parse_checkpoint(note.split("\n\n")[0] + "\n")
     old = parse_checkpoint(first_note.split("\n\n")[0] + "\n")
     merkle.verify_consistency(5, new.size, old.root, new.root, [base64.b64decode(h) for h in proof])
+
+
+def test_serve_prints_the_public_key_and_never_the_signing_key(db: str, tmp_path: Path) -> None:
+    from support import CollectorProcess
+
+    signer = generate_signer("x")
+    ports = ["0", "0", "0"]
+    args = ["serve", "--database-url", db, "--grpc-port", ports[0], "--http-port", ports[1], "--api-port", ports[2]]
+    proc = CollectorProcess(args, env={"OTAUDIT_SIGNING_KEY": signer.skey(), "OTAUDIT_LOG_LEVEL": "debug"}, cwd=tmp_path).start()
+    try:
+        send(proc.grpc_target, [(_doc(n), None) for n in range(3)])
+    finally:
+        assert proc.terminate() == 0
+    output = "".join(proc.output)
+    public = base64.b64encode(signer.public_key).decode()
+    assert f"signed by Ed25519 key {public}" in output and "OTAUDIT_SIGNING_KEY" in output
+    seed = signer.skey().rsplit("+", 1)[1]
+    assert signer.skey() not in output and seed not in output and seed[2:20] not in output
