@@ -501,7 +501,7 @@ def test_each_new_checkpoint_is_posted_to_a_tlog_witness_with_its_consistency_pr
     received: list[str] = []
 
     class Witness(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - the http.server API
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"])).decode()
             received.append(body)
             self.send_response(200 if self.path == "/w/add-checkpoint" else 404)

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from otaudit_collector.core.sealing import seal_event
-from otaudit_verify.entry import canonical_json, entry_hash, leaf_entry
+from otaudit_verify.entry import canonical_json, entry_hash, leaf_entry, personal_pointers
 
 TEXT = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=12)
 SCALARS = st.one_of(
@@ -59,6 +59,7 @@ def test_the_ingest_leaf_is_the_entry_of_the_stored_row(doc: dict[str, Any], ext
     # reads back as an int: the same number, as jsonb would store either).
     assert canonical_json(stored) == canonical_json(doc)
     seals = json.loads(sealed.seals) if sealed.seals else {}
+    assert sorted(seals) == personal_pointers(doc, extra)  # every personal value, and only those, sealed
     assert sealed.leaf == entry_hash(stored, "2026-12-07T10:00:01.123456Z", seals)
     # No sealed value is in the entry, only its commitment.
     entry = leaf_entry(stored, "2026-12-07T10:00:01.123456Z", seals)

@@ -15,7 +15,7 @@ placeholder's quoted text cannot occur anywhere else in the serialization.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hashlib
 import json
 import os
@@ -31,6 +31,7 @@ SALT_BYTES = 16
 """Random bytes of each salt: 128 bits, so that a commitment cannot be reversed by guessing its value."""
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_encode_string: Callable[[str], str] = json.encoder.encode_basestring  # C-accelerated
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,38 @@ def _parent(doc: Any, pointer: str) -> tuple[Any, Any]:
     return node, last
 
 
+def _envelope_places(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any], str]]:
+    """(pointer, container, key) of the envelope's personal values in ``doc``, in pointer order:
+    what ``entry.personal_pointers`` finds without a catalog's own pointers, by direct lookups
+    (its general walk costs as much as the rest of sealing)."""
+    found: list[tuple[str, dict[str, Any], str]] = []
+    actor = doc.get("actor")
+    if type(actor) is dict:
+        if actor.get("email") is not None:
+            found.append(("/actor/email", actor, "email"))
+        actor_id = actor.get("id")
+        if type(actor_id) is str and "@" in actor_id:
+            found.append(("/actor/id", actor, "id"))
+        if actor.get("name") is not None:
+            found.append(("/actor/name", actor, "name"))
+    client = doc.get("client")
+    if type(client) is dict:
+        if client.get("address") is not None:
+            found.append(("/client/address", client, "address"))
+        if client.get("user_agent") is not None:
+            found.append(("/client/user_agent", client, "user_agent"))
+    return found
+
+
+def _json(value: Any) -> str:
+    """A value as stored JSON: a string by json's C escaper (the usual case), anything else by the encoder."""
+    return _encode_string(value) if type(value) is str else _dumps(value)
+
+
+def _b64(data: bytes) -> str:
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
+
+
 def seal_event(
     doc: dict[str, Any],
     received_at: str,
@@ -65,41 +98,46 @@ def seal_event(
 ) -> Sealed:
     """Seal ``doc`` (not changed: values are swapped out and back in place) received at ``received_at``
     (as stored: RFC 3339 UTC with microseconds). ``extra_pointers``: what its catalog marks as personal."""
-    pointers = personal_pointers(doc, extra_pointers)
-    if not pointers:
+    extra = tuple(extra_pointers)
+    places = [(p, *_parent(doc, p)) for p in personal_pointers(doc, extra)] if extra else _envelope_places(doc)
+    received = canonical_json(received_at)
+    if not places:
         canonical = canonical_json(doc)
-        entry = b'{"committed":{},"event":' + canonical + b',"received_at":' + canonical_json(received_at) + b',"v":1}'
+        entry = b'{"committed":{},"event":' + canonical + b',"received_at":' + received + b',"v":1}'
         return Sealed(canonical.decode("utf-8"), None, hashlib.sha256(b"\x00" + entry).digest())
-    salts = random(SALT_BYTES * len(pointers))
-    places = [_parent(doc, pointer) for pointer in pointers]
-    values = [node[key] for node, key in places]
+    salts = random(SALT_BYTES * len(places))
+    values = [node[key] for _, node, key in places]
     try:
-        for number, (node, key) in enumerate(places):
+        for number, (_, node, key) in enumerate(places):
             node[key] = f"\x00{number}\x00"
         canonical = canonical_json(doc)
     finally:
-        for (node, key), value in zip(places, values, strict=True):
+        for (_, node, key), value in zip(places, values, strict=True):
             node[key] = value
     text = canonical.decode("utf-8")
     event = canonical
-    seals: dict[str, dict[str, str]] = {}
+    seals = []
     committed: dict[str, str] = {}
-    for number, (pointer, value) in enumerate(zip(pointers, values, strict=True)):
+    for number, ((pointer, _, _), value) in enumerate(zip(places, values, strict=True)):
         salt = salts[number * SALT_BYTES : (number + 1) * SALT_BYTES]
         token = f'"\\u0000{number}\\u0000"'
-        text = text.replace(token, _dumps(value), 1)
+        text = text.replace(token, _json(value), 1)
         event = event.replace(token.encode("ascii"), b"null", 1)
-        seals[pointer] = {"salt": base64.b64encode(salt).decode("ascii")}
-        committed[pointer] = base64.b64encode(commitment(salt, value)).decode("ascii")
+        seals.append(f'{_json(pointer)}:{{"salt":"{_b64(salt)}"}}')
+        committed[pointer] = _b64(commitment(salt, value))
+    if extra:  # a catalog's pointers may hold what JSON escapes, in any order
+        committed_json = canonical_json(committed)
+    else:  # the envelope's: ASCII, in JCS order already; base64 needs no escaping
+        committed_json = ("{" + ",".join(f'"{p}":"{c}"' for p, c in committed.items()) + "}").encode("ascii")
     entry = (
         b'{"committed":'
-        + canonical_json(committed)
+        + committed_json
         + b',"event":'
         + event
         + b',"received_at":'
-        + canonical_json(received_at)
+        + received
         + b',"v":'
         + str(ENTRY_VERSION).encode("ascii")
         + b"}"
     )
-    return Sealed(text, _dumps(seals), hashlib.sha256(b"\x00" + entry).digest())
+    return Sealed(text, "{" + ",".join(seals) + "}", hashlib.sha256(b"\x00" + entry).digest())
