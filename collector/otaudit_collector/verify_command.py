@@ -22,6 +22,7 @@ wrong. Leaves are recomputed by worker processes, a chunk of 65,536 positions ea
 from __future__ import annotations
 
 import argparse
+import bisect
 import http.client
 import json
 import os
@@ -64,6 +65,8 @@ class TenantReport:
     tree_size: int = 0
     events_checked: int = 0
     pruned: int = 0
+    pruned_by: dict[int, int] = field(default_factory=dict)
+    """Events pruned, by the retention run (retention_runs.id) that removed them."""
     behind: int = 0
     checkpoints_checked: int = 0
     witnessed_checked: int = 0
@@ -85,7 +88,8 @@ class TenantReport:
         out = [head]
         if self.pruned:
             out.append(
-                f"  {plural(self.pruned, 'event', thousands=True)} removed by retention (pruned; their leaves stay in the tree)"
+                f"  {plural(self.pruned, 'event', thousands=True)} removed by retention (pruned; their leaves stay in the tree):"
+                + ", ".join(f" {n:,} by retention run {run}" for run, n in sorted(self.pruned_by.items()))
             )
         if self.behind:
             out.append(f"  {plural(self.behind, 'event', thousands=True)} not in the log yet (it catches up)")
@@ -197,8 +201,15 @@ def _pruned_seqs(conn: psycopg.Connection[Any], tenant: str) -> list[tuple[int, 
     return [(int(lo), int(hi), int(run)) for run, lo, hi in rows]
 
 
-def _is_pruned(seq: int, ranges: Sequence[tuple[int, int, int]]) -> bool:
-    return any(lo <= seq <= hi for lo, hi, _ in ranges)
+def _pruned_by(seq: int, ranges: Sequence[tuple[int, int, int]]) -> int | None:
+    """The retention run that removed ``seq``, or None."""
+    at = bisect.bisect_right(ranges, (seq, _MAX_SEQ, _MAX_SEQ)) - 1
+    if at >= 0 and ranges[at][0] <= seq <= ranges[at][1]:
+        return ranges[at][2]
+    return None
+
+
+_MAX_SEQ = 2**63
 
 
 def verify_tenant(
@@ -245,8 +256,10 @@ def verify_tenant(
         for start, leaves, problems, rows, missing in results:
             report.events_checked += rows
             for seq in missing:
-                if _is_pruned(seq, pruned):
+                run = _pruned_by(seq, pruned)
+                if run is not None:
                     report.pruned += 1
+                    report.pruned_by[run] = report.pruned_by.get(run, 0) + 1
                 else:
                     problems.append((seq, "", "is gone: no row has this seq and retention did not remove it (removed)"))
             for seq, event_id, what in sorted(problems):

@@ -383,6 +383,9 @@ def test_events_removed_by_retention_are_reported_as_pruned(logged: RunningColle
     assert report.rows_deleted >= 20
     verified = _verify(logged)
     assert verified.pruned == 20 and verified.first_event_problem is None, verified.lines()
+    with psycopg.connect(logged.conninfo) as conn:
+        (run,) = conn.execute("SELECT id FROM retention_runs ORDER BY id DESC LIMIT 1").fetchone()  # type: ignore[misc]
+    assert f"20 by retention run {run}" in "\n".join(verified.lines())
 
 
 def test_keys_come_from_the_environment_never_into_the_log(db: str, tmp_path: Path) -> None:
