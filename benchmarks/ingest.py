@@ -437,7 +437,10 @@ def copy_rows(requests: list[bytes], seqs: Counter[str], config: str | None = No
         received_ns = time.time_ns()
         decoded = decode_protobuf(body, policy.max_depth) if takes_depth else decode_protobuf(body)  # type: ignore[call-arg]
         candidates = normalize_request(decoded, received_ns, policy)
-        prepared = prepare(candidates, catalogs, received_ns)
+        if "seal" in inspect.signature(prepare).parameters:  # the log's seals and leaves, as the collector runs
+            prepared = prepare(candidates, catalogs, received_ns, seal=bool(settings.get("integrity", "enabled")))
+        else:  # a build from before the log
+            prepared = prepare(candidates, catalogs, received_ns)
         problems.extend(prepared.messages)
         out = []
         for line in prepared.lines:
@@ -854,8 +857,8 @@ def verify_stored(conninfo: str, expected: int, *, dedup_index: bool = True) -> 
 
 
 def compare_samples(collector_db: str, baseline_db: str, n: int = 200) -> list[str]:
-    """The baseline holds the same rows: compare every column but received_at and seq for a sample."""
-    cols = [c for c in EVENT_COLUMNS if c != "received_at"]
+    """The baseline holds the same rows: compare every column but received_at, seq and seals (random salts) for a sample."""
+    cols = [c for c in EVENT_COLUMNS if c not in ("received_at", "seals")]
     sql = f"SELECT {', '.join(cols)} FROM events WHERE id = ANY(%s) ORDER BY tenant, id"
     with psycopg.connect(collector_db) as conn:
         ids = [r[0] for r in conn.execute("SELECT id FROM events TABLESAMPLE SYSTEM (5) LIMIT %s", (n,)).fetchall()]
