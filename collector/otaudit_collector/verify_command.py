@@ -76,7 +76,8 @@ class TenantReport:
 
     @property
     def ok(self) -> bool:
-        return self.first_event_problem is None and not self.problems
+        """Nothing altered, and every event proven: one not in the log yet is not proven either."""
+        return self.first_event_problem is None and not self.problems and not self.behind
 
     def lines(self) -> list[str]:
         head = (
@@ -92,7 +93,11 @@ class TenantReport:
                 + ", ".join(f" {n:,} by retention run {run}" for run, n in sorted(self.pruned_by.items()))
             )
         if self.behind:
-            out.append(f"  {plural(self.behind, 'event', thousands=True)} not in the log yet (it catches up)")
+            out.append(
+                f"  {plural(self.behind, 'event', thousands=True)} after the tree's {self.tree_size:,} leaves are not in"
+                " the log, so nothing proves them: stored while the log was off (the collector appends them within"
+                " integrity.catch_up_seconds), or inserted around it"
+            )
         if self.first_event_problem:
             out.append(f"  first problem: {self.first_event_problem}")
             if self.event_problems > 1:

@@ -553,3 +553,17 @@ def test_serve_prints_the_public_key_and_never_the_signing_key(db: str, tmp_path
     assert f"signed by Ed25519 key {public}" in output and "OTAUDIT_SIGNING_KEY" in output
     seed = signer.skey().rsplit("+", 1)[1]
     assert signer.skey() not in output and seed not in output and seed[2:20] not in output
+
+
+def test_an_event_appended_around_the_log_is_not_proven(logged: RunningCollector) -> None:
+    # A row after the last one, and the sequence moved on as if the collector had stored it.
+    _sql(
+        logged.conninfo,
+        "INSERT INTO events SELECT tenant, seq + 1, id || '-forged', occurred_at, received_at, category, event, outcome,"
+        " actor_type, actor_id, actor_email, target_type, target_id, flags, doc, seals"
+        f" FROM events WHERE tenant = 'acme' AND seq = {EVENTS}",
+        "UPDATE tenant_seq SET last_seq = last_seq + 1 WHERE tenant = 'acme'",
+    )
+    report = _verify(logged)
+    assert not report.ok and report.behind == 1 and report.first_event_problem is None
+    assert "nothing proves them" in "\n".join(report.lines())

@@ -44,7 +44,7 @@ def add_log_routes(app: web.Application, ctx: LogContext) -> None:
     app[LOG] = ctx
     app.router.add_get("/v1/log/checkpoint", _checkpoint)
     app.router.add_get("/v1/log/key", _key)
-    app.router.add_get("/v1/log/tile/{path:.+}", _tile)
+    app.router.add_get("/v1/log/tile/{path:[\\s\\S]+}", _tile)  # any character: a bad path is a JSON 404, not the router's
     app.router.add_get("/v1/log/consistency", _consistency)
     app.router.add_get("/v1/events/{id}/proof", _proof)
 
