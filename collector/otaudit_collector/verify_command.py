@@ -384,7 +384,8 @@ def add_verify_parser(commands: Any, with_config: Any) -> None:
         )
     )
     verify.add_argument(
-        "--url", help="through the API instead, with the token in OTAUDIT_TOKEN: its tenant's tiles, checkpoint and readable events"
+        "--url",
+        help="through the API instead, with an admin token in OTAUDIT_TOKEN: its tenant's tiles, checkpoint and readable events",
     )
     verify.add_argument("--tenant", action="append", metavar="TENANT", help="only this tenant (repeatable; default every tenant)")
     verify.add_argument("--witness-dir", metavar="DIR", help="also check the checkpoints written to this witness folder")
