@@ -149,6 +149,11 @@ def test_an_inclusion_proof_ties_an_event_to_the_signed_checkpoint(logged: Runni
     assert base64.b64decode(proof["leaf_hash"]) == leaf == merkle.leaf_hash(base64.b64decode(proof["entry"]))
     checkpoint = parse_checkpoint(open_note(proof["checkpoint"], [parse_verifier_key(proof["key"])]).text)
     merkle.verify_inclusion(leaf, 122, checkpoint.size, [base64.b64decode(h) for h in proof["proof"]], checkpoint.root)
+    # Against a checkpoint named by its size; one too small to hold the event has no proof of it.
+    sized = requests.get(f"{logged.api_url}/v1/events/{event_id}/proof", params={"size": EVENTS}, headers=headers, timeout=30)
+    assert sized.status_code == 200 and sized.json()["proof"] == proof["proof"]
+    small = requests.get(f"{logged.api_url}/v1/events/{event_id}/proof", params={"size": 5}, headers=headers, timeout=30)
+    assert small.status_code == 404 and "no checkpoint of size 5" in small.json()["message"]
     # The same as a C2SP tlog-proof, its extra line the entry.
     text = requests.get(
         f"{logged.api_url}/v1/events/{event_id}/proof", params={"format": "tlog-proof"}, headers=headers, timeout=30
