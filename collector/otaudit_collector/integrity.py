@@ -135,6 +135,7 @@ class Witnesses:
         self.urls = list(urls)
         self.timeout = timeout
         self._witnessed: dict[tuple[str, str], int] = {}  # (url, origin) -> size that witness last accepted
+        self._latest: dict[str, tuple[int, str]] = {}  # origin -> the last checkpoint this process wrote to the folder
 
     def tenant_dir(self, origin: str) -> Path:
         assert self.folder is not None
@@ -148,10 +149,27 @@ class Witnesses:
         if not folder.is_dir():
             return []
         found = []
-        for path in folder.glob("*.checkpoint"):
-            if path.stem.isdigit():
-                found.append((int(path.stem), path.read_text(encoding="utf-8")))
+        for entry in os.scandir(folder):
+            if _is_checkpoint_name(entry.name):
+                found.append((int(entry.name[: -len(".checkpoint")]), Path(entry.path).read_text(encoding="utf-8")))
         return sorted(found)
+
+    def latest(self, origin: str) -> tuple[int, str] | None:
+        """The largest checkpoint in the witness folder for ``origin``: the file names are read, one file is."""
+        if self.folder is None:
+            return None
+        known = self._latest.get(origin)
+        if known is not None:
+            return known
+        folder = self.tenant_dir(origin)
+        if not folder.is_dir():
+            return None
+        sizes = [int(entry.name[: -len(".checkpoint")]) for entry in os.scandir(folder) if _is_checkpoint_name(entry.name)]
+        if not sizes:
+            return None
+        size = max(sizes)
+        found = self._latest[origin] = (size, (folder / f"{size}.checkpoint").read_text(encoding="utf-8"))
+        return found
 
     def write(self, origin: str, size: int, note: str) -> None:
         """Write the checkpoint once; an existing file is never replaced (a different one is an error)."""
@@ -170,6 +188,7 @@ class Witnesses:
             out.write(note)
             out.flush()
             os.fsync(out.fileno())
+        self._latest[origin] = (size, note)
 
     def post(self, origin: str, size: int, note: str, proof_from: Any) -> None:
         """Post to each witness URL (C2SP tlog-witness add-checkpoint). ``proof_from(old)``: the
@@ -208,6 +227,10 @@ class Witnesses:
                     break
 
 
+def _is_checkpoint_name(name: str) -> bool:
+    return name.endswith(".checkpoint") and name[: -len(".checkpoint")].isdigit()
+
+
 # -- making checkpoints --------------------------------------------------------------------
 
 
@@ -230,9 +253,10 @@ def make_checkpoints(conninfo: str, keys: LogKeys, witnesses: Witnesses, tenants
                 try:
                     if checkpoint_tenant(conn, keys, witnesses, tenant, size):
                         done.append(tenant)
-                except (CheckpointRefused, logdb.LogCorrupt, NoteError, CheckpointError) as exc:
+                except (CheckpointRefused, logdb.LogCorrupt, NoteError, CheckpointError, OSError) as exc:
                     log.error(
-                        "no checkpoint signed for a tenant: its log disagrees with what was published",
+                        "no checkpoint signed for a tenant this round: its log disagrees with what was published,"
+                        " or the witness folder cannot take it",
                         extra={"tenant": tenant, "error": str(exc)},
                     )
         finally:
@@ -244,9 +268,11 @@ def checkpoint_tenant(conn: psycopg.Connection[Any], keys: LogKeys, witnesses: W
     source = logdb.TileSource(conn, tenant)
     origin = keys.origin(tenant)
     previous = logdb.latest_checkpoint(conn, tenant)
-    published = [(s, parse_checkpoint(open_note(n, keys.verifiers(tenant)).text)) for s, n in witnesses.published(origin)[-1:]]
     checks = [] if previous is None else [(previous.size, previous.root, "the last checkpoint kept")]
-    checks += [(s, c.root, f"the witness folder's checkpoint {s}") for s, c in published]
+    witnessed = witnesses.latest(origin)
+    if witnessed is not None:
+        checkpoint = parse_checkpoint(open_note(witnessed[1], keys.verifiers(tenant)).text)
+        checks.append((witnessed[0], checkpoint.root, f"the witness folder's checkpoint {witnessed[0]}"))
     for old, root, what in checks:
         if old > size:
             raise CheckpointRefused(f"{what} has {old} leaves, more than the tree's {size}")
@@ -255,9 +281,10 @@ def checkpoint_tenant(conn: psycopg.Connection[Any], keys: LogKeys, witnesses: W
     root = source.root(size)
     signer = keys.signer(tenant)
     note = sign_note(Checkpoint(origin, size, root).text(), signer)
+    # Published first: a checkpoint the folder cannot take is not kept either, and is signed again next round.
+    witnesses.write(origin, size, note)
     if not logdb.store_checkpoint(conn, tenant, size, root, note, signer.verifier().vkey()):
         return False
-    witnesses.write(origin, size, note)
     if witnesses.urls:
         hash_at = source.hash_at(size)
         witnesses.post(origin, size, note, lambda old: merkle.consistency_proof(old, size, hash_at))

@@ -572,3 +572,20 @@ def test_an_event_appended_around_the_log_is_not_proven(logged: RunningCollector
     report = _verify(logged)
     assert not report.ok and report.behind == 1 and report.first_event_problem is None
     assert "nothing proves them" in "\n".join(report.lines())
+
+
+def test_a_checkpoint_the_witness_folder_cannot_take_is_not_kept_and_is_signed_again(db: str, tmp_path: Path) -> None:
+    blocked = tmp_path / "witness"
+    blocked.write_text("a file where the folder should be")
+    running = RunningCollector(settings_for(db, {("integrity", "witness_dir"): str(blocked)}))
+    try:
+        send(running.grpc_target, [(_doc(n), None) for n in range(3)])
+        assert running.call(running.collector.make_checkpoints_now()) == []
+        with psycopg.connect(db) as conn:
+            assert logdb.all_checkpoints(conn, "acme") == []  # never kept unpublished
+        blocked.unlink()
+        assert running.call(running.collector.make_checkpoints_now()) == ["acme"]
+        keys = _keys(running)
+        assert [size for size, _ in Witnesses(str(blocked)).published(keys.origin("acme"))] == [3]
+    finally:
+        running.stop()
