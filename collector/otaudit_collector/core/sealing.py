@@ -30,6 +30,8 @@ __all__ = ["Sealed", "seal_event", "SALT_BYTES"]
 SALT_BYTES = 16
 """Random bytes of each salt: 128 bits, so that a commitment cannot be reversed by guessing its value."""
 
+_OPEN = b'"\\u0000'  # how the canonical JSON begins a placeholder ...
+_CLOSE = b'\\u0000"'  # ... and ends it
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 _encode_string: Callable[[str], str] = json.encoder.encode_basestring  # C-accelerated
 
@@ -114,15 +116,23 @@ def seal_event(
     finally:
         for (_, node, key), value in zip(places, values, strict=True):
             node[key] = value
-    text = canonical.decode("utf-8")
-    event = canonical
+    # One split at the placeholders (each is '"\u0000' N '\u0000"'; their order is the keys'):
+    # the entry's event puts null in their place, the stored text the values.
+    pieces = canonical.split(_OPEN)
+    event_parts = [pieces[0]]
+    text_parts = [pieces[0]]
+    encoded = [_json(value).encode("utf-8") for value in values]
+    for piece in pieces[1:]:
+        end = piece.index(_CLOSE)
+        rest = piece[end + len(_CLOSE) :]
+        event_parts += (b"null", rest)
+        text_parts += (encoded[int(piece[:end])], rest)
+    event = b"".join(event_parts)
+    text = b"".join(text_parts).decode("utf-8")
     seals = []
     committed: dict[str, str] = {}
     for number, ((pointer, _, _), value) in enumerate(zip(places, values, strict=True)):
         salt = salts[number * SALT_BYTES : (number + 1) * SALT_BYTES]
-        token = f'"\\u0000{number}\\u0000"'
-        text = text.replace(token, _json(value), 1)
-        event = event.replace(token.encode("ascii"), b"null", 1)
         seals.append(f'{_json(pointer)}:{{"salt":"{_b64(salt)}"}}')
         committed[pointer] = _b64(commitment(salt, value))
     if extra:  # a catalog's pointers may hold what JSON escapes, in any order
