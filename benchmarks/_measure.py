@@ -4,9 +4,14 @@ and the commit a run measured. Imported by ingest.py and query.py (run from this
 from __future__ import annotations
 
 import os
+import queue
+import re
 import resource
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -72,3 +77,65 @@ def git_commit() -> str:
         return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+# -- the collector as a subprocess -------------------------------------------------------
+
+_API_LINE = re.compile(r"^\s+API\s+http://(\S+):(\d+)")
+
+
+class ServedCollector:
+    """``otaudit serve`` on a benchmark database, on free ports, retention off (the data sets
+    reach back past the plans' retention, and a run would delete from them mid-measurement).
+    ``error``: the exception a script raises when the collector cannot start."""
+
+    def __init__(self, conninfo: str, workdir: Path, *, pepper: str, error: type[Exception] = RuntimeError, ready_seconds: float = 180) -> None:
+        config = workdir / "collector.yaml"
+        config.write_text("retention:\n  enabled: false\ncatalogs:\n  reload_interval_seconds: 0\n")
+        args = [sys.executable, "-m", "otaudit_collector", "serve", "--config", str(config), "--database-url", conninfo]
+        args += ["--grpc-port", "0", "--http-port", "0", "--api-port", "0"]
+        env = {**os.environ, "OTAUDIT_TOKEN_PEPPER": pepper, "OTAUDIT_LOG_LEVEL": "warning", "PYTHONUNBUFFERED": "1"}
+        self.log_path = workdir / "collector.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=workdir, env=env)
+        lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+
+        def drain() -> None:
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                lines.put(line)
+            lines.put(None)
+
+        threading.Thread(target=drain, name="collector-stdout", daemon=True).start()
+        deadline = time.monotonic() + ready_seconds
+        self.host, self.port = "", 0
+        while not self.port:
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise error(f"the collector did not print its API address within {ready_seconds:.0f} s") from None
+            if line is None:
+                raise error(f"the collector exited before it was ready (exit {self.proc.wait()}):\n{self.log_tail()}")
+            match = _API_LINE.search(line)
+            if match:
+                self.host, self.port = match[1].strip("[]"), int(match[2])
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_tail(self, n: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()

@@ -44,7 +44,6 @@ import random
 import re
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -59,7 +58,7 @@ from typing import Any
 
 import psutil
 import psycopg
-from _measure import git_commit, postgres_cpu_seconds, proc_cpu_seconds, say
+from _measure import ServedCollector, git_commit, postgres_cpu_seconds, proc_cpu_seconds, say
 from psycopg import sql as pgsql
 from psycopg.conninfo import make_conninfo
 
@@ -840,62 +839,9 @@ def profile_verify(conninfo: str, size: int) -> dict[str, Any]:
 # log: (b) inclusion proofs through the API
 # =======================================================================================
 
-_API_LINE = re.compile(r"^\s+API\s+http://(\S+):(\d+)")
-
-
-class CollectorProcess:
-    """``otaudit serve`` on the benchmark database, on free ports, retention off."""
-
-    def __init__(self, conninfo: str, workdir: Path) -> None:
-        config = workdir / "collector.yaml"
-        config.write_text("retention:\n  enabled: false\ncatalogs:\n  reload_interval_seconds: 0\n")
-        args = [sys.executable, "-m", "otaudit_collector", "serve", "--config", str(config), "--database-url", conninfo]
-        args += ["--grpc-port", "0", "--http-port", "0", "--api-port", "0"]
-        env = {**os.environ, "OTAUDIT_TOKEN_PEPPER": PEPPER, "OTAUDIT_LOG_LEVEL": "warning", "PYTHONUNBUFFERED": "1"}
-        self.log_path = workdir / "collector.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=workdir, env=env)
-        lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-
-        def drain() -> None:
-            assert self.proc.stdout is not None
-            for line in self.proc.stdout:
-                lines.put(line)
-            lines.put(None)
-
-        threading.Thread(target=drain, name="collector-stdout", daemon=True).start()
-        deadline = time.monotonic() + 180
-        self.host, self.port = "", 0
-        while not self.port:
-            try:
-                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise BenchmarkError("the collector did not print its API address within 180 s") from None
-            if line is None:
-                raise BenchmarkError(f"the collector exited before it was ready (exit {self.proc.wait()}):\n{self.log_tail()}")
-            match = _API_LINE.search(line)
-            if match:
-                self.host, self.port = match[1].strip("[]"), int(match[2])
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log_tail(self, n: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
+def start_collector(conninfo: str, workdir: Path) -> ServedCollector:
+    """``otaudit serve`` on the benchmark database (``_measure.ServedCollector``)."""
+    return ServedCollector(conninfo, workdir, pepper=PEPPER, error=BenchmarkError, ready_seconds=180)
 
 
 _EVENT_SQL = (
@@ -922,7 +868,7 @@ def measure_proofs(
     if len(ids) != len(seqs):
         raise BenchmarkError(f"{len(seqs) - len(ids)} of the sampled seqs have no event")
     say("   starting `otaudit serve` ...")
-    collector = CollectorProcess(conninfo, workdir)
+    collector = start_collector(conninfo, workdir)
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {token}"
     base = f"http://{collector.host}:{collector.port}"

@@ -51,7 +51,7 @@ from typing import Any
 
 import psutil
 import psycopg
-from _measure import git_commit, postgres_cpu_seconds, proc_cpu_seconds, say, self_cpu_seconds
+from _measure import ServedCollector, git_commit, postgres_cpu_seconds, proc_cpu_seconds, say, self_cpu_seconds
 from psycopg import sql as pgsql
 from psycopg.conninfo import make_conninfo
 
@@ -632,64 +632,9 @@ class PeakRss:
 # The collector
 # ---------------------------------------------------------------------------------------
 
-_API_LINE = re.compile(r"^\s+API\s+http://(\S+):(\d+)")
-
-
-class CollectorProcess:
-    """``otaudit serve`` on the benchmark database, on free ports, retention off."""
-
-    def __init__(self, conninfo: str, workdir: Path) -> None:
-        config = workdir / "collector.yaml"
-        # Retention off: the data reaches back past the basic and pro plans' retention, and
-        # a retention run would delete from it in the middle of the measurements.
-        config.write_text("retention:\n  enabled: false\ncatalogs:\n  reload_interval_seconds: 0\n")
-        args = [sys.executable, "-m", "otaudit_collector", "serve", "--config", str(config), "--database-url", conninfo]
-        args += ["--grpc-port", "0", "--http-port", "0", "--api-port", "0"]
-        env = {**os.environ, "OTAUDIT_TOKEN_PEPPER": PEPPER, "OTAUDIT_LOG_LEVEL": "warning", "PYTHONUNBUFFERED": "1"}
-        self.log_path = workdir / "collector.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=workdir, env=env)
-        lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-
-        def drain() -> None:
-            assert self.proc.stdout is not None
-            for line in self.proc.stdout:
-                lines.put(line)
-            lines.put(None)
-
-        threading.Thread(target=drain, name="collector-stdout", daemon=True).start()
-        deadline = time.monotonic() + 120
-        self.host, self.port = "", 0
-        while not self.port:
-            try:
-                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise BenchmarkError("the collector did not print its API address within 120 s") from None
-            if line is None:
-                raise BenchmarkError(f"the collector exited before it was ready (exit {self.proc.wait()}):\n{self.log_tail()}")
-            match = _API_LINE.search(line)
-            if match:
-                self.host, self.port = match[1].strip("[]"), int(match[2])
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log_tail(self, n: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
+def start_collector(conninfo: str, workdir: Path) -> ServedCollector:
+    """``otaudit serve`` on the benchmark database (``_measure.ServedCollector``)."""
+    return ServedCollector(conninfo, workdir, pepper=PEPPER, error=BenchmarkError, ready_seconds=120)
 
 
 class Http:
@@ -1144,7 +1089,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     external = os.environ.get("OTAUDIT_BENCH_DATABASE_URL")
     workdir = Path(tempfile.mkdtemp(prefix="otaudit-query-bench-"))
     server = None
-    collector: CollectorProcess | None = None
+    collector: ServedCollector | None = None
     clients: list[Http] = []
     result: dict[str, Any] = {"args": vars(args)}
     try:
@@ -1191,7 +1136,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["postgres"] = {"version": pg_version, **settings}
 
         say("starting `otaudit serve` ...")
-        collector = CollectorProcess(conninfo, workdir)
+        collector = start_collector(conninfo, workdir)
         tenant = TENANTS[0][0]
         api = Http(collector.host, collector.port, tokens[tenant])
         clients.append(api)
