@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
 
+from otaudit_sdk import _buffer
 from otaudit_sdk._buffer import BufferFull, FileBuffer, MemoryBuffer
 
 
@@ -182,10 +184,27 @@ def test_orphans_are_adopted_only_while_there_is_room(tmp_path: Path) -> None:
 
 
 def test_a_segment_left_half_created_is_cleaned_up(tmp_path: Path) -> None:
-    (tmp_path / "dead-000001.new").write_bytes(b"OTAUDWAL")
+    dead = tmp_path / "dead-000001.new"
+    dead.write_bytes(b"OTAUDWAL")
+    old = time.time() - _buffer.UNFINISHED_GRACE_SECONDS - 1
+    os.utime(dead, (old, old))
     buf = buffer(tmp_path)
     buf.adopt_orphans()
     assert list(tmp_path.glob("*.new")) == []
+
+
+def test_a_segment_being_created_by_a_live_process_is_left_alone(tmp_path: Path) -> None:
+    """Another process between its O_EXCL open and its flock holds no lock yet (a forked
+    worker starting beside its siblings): its young file must survive, or its rename fails."""
+    making = tmp_path / "sibling-000001.new"
+    fd = os.open(making, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        buf = buffer(tmp_path)
+        buf.adopt_orphans()
+        assert making.exists()
+        os.rename(making, making.with_suffix(".wal"))  # what the sibling does next
+    finally:
+        os.close(fd)
 
 
 def test_a_closed_buffer_takes_and_acknowledges_nothing(tmp_path: Path) -> None:

@@ -395,6 +395,11 @@ def _discard(seg: _Segment) -> None:
     os.close(seg.fd)
 
 
+#: A ``.new`` file younger than this may belong to a live process between its ``open`` and
+#: its ``flock`` (an unlocked instant no lock can close), so it is left for a later start.
+UNFINISHED_GRACE_SECONDS = 60.0
+
+
 def _remove_unfinished(directory: Path, instance: str) -> None:
     """Delete ``.new`` files of processes that died while creating a segment (no records yet)."""
     for path in directory.glob("*.new"):
@@ -405,6 +410,8 @@ def _remove_unfinished(directory: Path, instance: str) -> None:
         except FileNotFoundError:
             continue
         try:
+            if time.time() - os.fstat(fd).st_mtime < UNFINISHED_GRACE_SECONDS:
+                continue
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             path.unlink(missing_ok=True)
         except BlockingIOError:
