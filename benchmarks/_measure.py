@@ -87,12 +87,22 @@ _API_LINE = re.compile(r"^\s+API\s+http://(\S+):(\d+)")
 class ServedCollector:
     """``otaudit serve`` on a benchmark database, on free ports, retention off (the data sets
     reach back past the plans' retention, and a run would delete from them mid-measurement).
-    ``error``: the exception a script raises when the collector cannot start."""
+    ``error``: the exception a script raises when the collector cannot start; ``config``: more
+    top-level sections of its configuration file (YAML text)."""
 
-    def __init__(self, conninfo: str, workdir: Path, *, pepper: str, error: type[Exception] = RuntimeError, ready_seconds: float = 180) -> None:
-        config = workdir / "collector.yaml"
-        config.write_text("retention:\n  enabled: false\ncatalogs:\n  reload_interval_seconds: 0\n")
-        args = [sys.executable, "-m", "otaudit_collector", "serve", "--config", str(config), "--database-url", conninfo]
+    def __init__(
+        self,
+        conninfo: str,
+        workdir: Path,
+        *,
+        pepper: str,
+        error: type[Exception] = RuntimeError,
+        ready_seconds: float = 180,
+        config: str = "",
+    ) -> None:
+        path = workdir / "collector.yaml"
+        path.write_text("retention:\n  enabled: false\ncatalogs:\n  reload_interval_seconds: 0\n" + config)
+        args = [sys.executable, "-m", "otaudit_collector", "serve", "--config", str(path), "--database-url", conninfo]
         args += ["--grpc-port", "0", "--http-port", "0", "--api-port", "0"]
         env = {**os.environ, "OTAUDIT_TOKEN_PEPPER": pepper, "OTAUDIT_LOG_LEVEL": "warning", "PYTHONUNBUFFERED": "1"}
         self.log_path = workdir / "collector.log"
