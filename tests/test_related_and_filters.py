@@ -313,4 +313,7 @@ def test_selective_filters_are_planned_for_their_values() -> None:
     assert parse_filters({"q": ["details.via:ui"]}).custom_plan
     assert not parse_filters({"category": ["site_access"]}).custom_plan
     assert not parse_filters({"q": ["target_name:Audit*"]}).custom_plan
+    assert not parse_filters({"q": ["details.via:u*"]}).custom_plan, "no index of its own: the time index"
+    assert parse_filters({"q": ["details.via:u*"]}, indexed_details=["via"]).custom_plan, "its index needs the key known"
+    assert not parse_filters({"q": ["target_name:u*"]}, indexed_details=["name"]).custom_plan
     assert not parse_filters({"q": ["-details.via:api"]}).custom_plan

@@ -233,6 +233,7 @@ class Collector:
                 tokens=TokenCache(
                     self.settings.token_pepper, float(self.settings.get("auth", "token_cache_seconds")), time.monotonic
                 ),
+                details_prefix_keys=frozenset(self.settings.get("search", "details_prefix_keys")),
             ),
         )
         add_log_routes(api, LogContext(self._pool, lambda: self.log_keys))

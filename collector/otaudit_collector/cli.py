@@ -236,15 +236,19 @@ def _serve(args: argparse.Namespace) -> int:
     from otaudit_collector.app import Collector, catalog_dirs, describe, ensure_partitions
     from otaudit_collector.storage.database import open_database
     from otaudit_collector.storage.migrate import apply_migrations
+    from otaudit_collector.storage.search_indexes import sync_prefix_indexes
 
     settings = _settings(args)
     setup_logging(
-        settings.get("logging", "level"), settings.get("logging", "format"), float(settings.get("logging", "repeat_window_seconds"))
+        settings.get("logging", "level"),
+        settings.get("logging", "format"),
+        float(settings.get("logging", "repeat_window_seconds")),
     )
     catalogs = load_catalogs(catalog_dirs(settings))
     database = open_database(settings, create=True)  # the one command that makes the embedded database
     try:
         apply_migrations(database.conninfo)
+        sync_prefix_indexes(database.conninfo, settings.get("search", "details_prefix_keys"))
         ensure_partitions(database.conninfo, settings.get("ingest", "partitions_ahead_months"))
         bootstrap = bootstrap_admin_token(database.conninfo, settings)
 
@@ -369,15 +373,22 @@ def _retention(args: argparse.Namespace) -> int:
 def _migrate(args: argparse.Namespace) -> int:
     from otaudit_collector.storage.database import open_database
     from otaudit_collector.storage.migrate import apply_migrations
+    from otaudit_collector.storage.search_indexes import sync_prefix_indexes
 
-    database = open_database(_settings(args))
+    settings = _settings(args)
+    database = open_database(settings)
     try:
         applied = apply_migrations(database.conninfo)
+        indexes = sync_prefix_indexes(database.conninfo, settings.get("search", "details_prefix_keys"))
     finally:
         database.close()
     for migration in applied:
         print(f"applied {migration.version:04d}_{migration.name}")
     print("database schema is up to date" if not applied else f"{plural(len(applied), 'migration')} applied")
+    for key in indexes.created:
+        print(f"built the details prefix index of {key!r} (search.details_prefix_keys)")
+    for name in indexes.dropped:
+        print(f"dropped {name}: its key is no longer in search.details_prefix_keys")
     return 0
 
 

@@ -67,6 +67,7 @@ class ReadContext:
     catalogs: Callable[[], CatalogSet]
     sessions: Sessions | None = None  # records each API session (self-audit); None records none
     tokens: TokenCache | None = None  # recently checked tokens; None looks each one up
+    details_prefix_keys: frozenset[str] = frozenset()  # details keys with a prefix index (search.details_prefix_keys)
 
 
 READS: web.AppKey[ReadContext] = web.AppKey("reads", ReadContext)
@@ -229,7 +230,7 @@ def iso(when: dt.datetime) -> str:
 async def _events(request: web.Request) -> web.Response:
     ctx = request.app[READS]
     principal = request[_PRINCIPAL]
-    filters = parse_filters({key: request.query.getall(key) for key in request.query})
+    filters = parse_filters({key: request.query.getall(key) for key in request.query}, indexed_details=ctx.details_prefix_keys)
     plan, categories, notice = plan_filters(request, filters)
     rows = await _page(ctx, principal.tenant, categories, filters)
     cursor = encode_cursor(rows[-1][0], rows[-1][1]) if len(rows) == filters.limit else None

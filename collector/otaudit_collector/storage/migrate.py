@@ -12,11 +12,11 @@ from pathlib import Path
 
 import psycopg
 
-__all__ = ["Migration", "available_migrations", "apply_migrations", "pending_migrations"]
+__all__ = ["LOCK_KEY", "Migration", "available_migrations", "apply_migrations", "pending_migrations"]
 
 _DIR = Path(__file__).resolve().parent / "migrations"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-_LOCK_KEY = 0x6F7461756469  # "otaudi"
+LOCK_KEY = 0x6F7461756469  # "otaudi"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,11 +59,11 @@ def apply_migrations(conninfo: str) -> list[Migration]:
     applied = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
             conn.execute(_CREATE_LEDGER)
         for migration in available_migrations():
             with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
                 row = conn.execute("SELECT 1 FROM schema_migrations WHERE version = %s", (migration.version,)).fetchone()
                 if row:
                     continue
