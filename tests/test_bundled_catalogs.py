@@ -272,6 +272,11 @@ REJECTED: list[tuple[str, str, dict[str, Any], str]] = [
     ("data_extraction", "exportView", {"target": _DELETE}, "a view export without the view"),
     ("data_extraction", "exportView", {"details.row_count": -1}, "a negative row count"),
     ("data_extraction", "exportFilteredAssets", {"details": {"format": "csv"}}, "an asset export without filters"),
+    ("data_extraction", "importAuditTrail", {"details": _DELETE}, "an import without its counts"),
+    ("data_extraction", "importAuditTrail", {"details.already_present": _DELETE}, "an import without its duplicates"),
+    ("data_extraction", "importAuditTrail", {"details.stored": -1}, "a negative count"),
+    ("data_extraction", "importAuditTrail", {"details.first_occurred_at": 1700000000}, "a time that is not RFC 3339 text"),
+    ("data_extraction", "importAuditTrail", {"target.type": "file"}, "an import not into the trail"),
 ]
 
 # Natural events that must stay accepted, so the fragments do not over-constrain.
@@ -285,6 +290,17 @@ ACCEPTED: list[tuple[str, str, dict[str, Any], str]] = [
     ("discovery_configuration", "updateCredential", {"changes": [{"field": "password"}]}, "secret withheld"),
     ("discovery_configuration", "updateCredential", {"changes": [{"field": "ssh_private_key", "new": "****"}]}, "masked"),
     ("data_extraction", "exportView", {"details": _DELETE}, "an export with no details"),
+    (
+        "data_extraction",
+        "importAuditTrail",
+        {
+            "outcome": "failure",
+            "reason": "storage refused the batch",
+            "details.first_occurred_at": _DELETE,
+            "details.last_occurred_at": _DELETE,
+        },
+        "a failed run, and one with no valid event (no time range)",
+    ),
 ]
 
 

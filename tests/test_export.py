@@ -12,13 +12,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import psycopg
 import pytest
 import requests
-from support import REPO, RunningCollector, otaudit, settings_for, wait_until
-from test_api_reads import ACCESS, GROUP, ROLE, Api, send, services, set_plan, token
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+from support import REPO, RunningCollector, otaudit, record, request, settings_for, wait_until
+from test_api_reads import ACCESS, EXPORT, GROUP, ROLE, Api, attributes_of, send, services, set_plan, token
 
-from otaudit_collector.core.export import CSV_COLUMNS, sign_download, signing_key
+from otaudit_collector.core.export import CSV_COLUMNS, sign_download, signing_key, spreadsheet_cell
 from otaudit_collector.export_command import Progress
 
 HEADER = [name for name, _ in CSV_COLUMNS]
@@ -52,8 +54,33 @@ def export(api: Api, **params: Any) -> requests.Response:
 
 
 def readable(value: Any) -> str:
-    """How the CSV writes an old or new value: text as is, nothing for null, the rest as JSON."""
-    return value if isinstance(value, str) else "" if value is None else json.dumps(value)
+    """How the CSV writes an old or new value: text as is, "(none)" for null, the rest as JSON."""
+    return value if isinstance(value, str) else "(none)" if value is None else json.dumps(value)
+
+
+RELATED = [
+    {"type": "license", "id": "lic-1", "name": "Pro (2 seats)"},
+    {"type": "device", "id": "d-7"},
+    {"type": "order", "id": "o-1", "name": ""},
+]
+RELATED_CELL = "license:lic-1 (Pro (2 seats))\ndevice:d-7\norder:o-1"
+"""How the CSV and xlsx exports write ``RELATED``: one line per object, ``type:id (name)``, no parentheses without a name."""
+FORMULA_RELATED = [{"type": "@evil", "id": "x", "name": "=1+2"}]
+
+
+def send_related(collector: RunningCollector, related: list[list[dict[str, str]]]) -> list[str]:
+    """updateRole events, one per list of related objects (audit.related), a second apart, oldest first."""
+    now = time.time_ns()
+    records = [
+        record("updateRole", {**attributes_of(ROLE), "audit.related": objects}, time_ns=now - (len(related) - i) * 10**9)
+        for i, objects in enumerate(related)
+    ]
+    with grpc.insecure_channel(collector.grpc_target) as channel:
+        answer = ExportLogsServiceResponse.FromString(
+            channel.unary_unary(EXPORT)(request(records).SerializeToString(), timeout=30)
+        )
+    assert answer.partial_success.rejected_log_records == 0, answer.partial_success.error_message
+    return [next(kv.value.string_value for kv in r.attributes if kv.key == "log.record.uid") for r in records]
 
 
 def rows_of(text: str) -> list[dict[str, str]]:
@@ -86,6 +113,34 @@ def test_the_readme_lists_the_csv_header() -> None:
     readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
     assert f"The CSV has a fixed header (`{', '.join(HEADER)}`)" in readme
     assert HEADER[HEADER.index("event") + 1] == "title"
+    assert HEADER[HEADER.index("target_name") + 1] == "related"  # after the target's columns
+
+
+def test_related_objects_are_a_cell_of_one_line_each_in_streams_jobs_and_the_command(
+    trail: dict[str, Any], tmp_path: Path
+) -> None:
+    collector: RunningCollector = trail["collector"]
+    api: Api = trail["admin"]
+    related, formula = send_related(collector, [RELATED, FORMULA_RELATED])
+    expected = {related: RELATED_CELL, formula: "'@evil:x (=1+2)"} | dict.fromkeys(trail["ids"][: len(TRICKY)], "")
+    assert expected[formula] == spreadsheet_cell("@evil:x (=1+2)")  # the formula rule, as every text cell
+
+    streamed = {r["id"]: r["related"] for r in rows_of(export(api, format="csv", event="updateRole").text)}
+    assert streamed == expected
+
+    made = requests.post(api.base + "/v1/exports", json={"format": "csv", "event": "updateRole"}, headers=api.headers, timeout=30)
+    assert made.status_code == 202, made.text
+    job_id = made.json()["id"]
+    wait_until(lambda: api.ok(f"/v1/exports/{job_id}")["state"] in ("done", "failed"), 60, "the export job")
+    job = api.ok(f"/v1/exports/{job_id}")
+    assert job["state"] == "done", job
+    downloaded = requests.get(job["download_url"], timeout=30)
+    assert {r["id"]: r["related"] for r in rows_of(downloaded.text)} == expected
+
+    out = tmp_path / "operator.csv"
+    done = otaudit("export", "--tenant", "acme", "--event", "updateRole", "--database-url", collector.conninfo, "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert {r["id"]: r["related"] for r in rows_of(out.read_text(encoding="utf-8"))} == expected
 
 
 def test_changes_read_as_field_old_new_lines(trail: dict[str, Any]) -> None:
@@ -103,7 +158,7 @@ def test_changes_read_as_field_old_new_lines(trail: dict[str, Any]) -> None:
     (row,) = [r for r in rows_of(export(trail["admin"], format="csv").text) if r["id"] == event_id]
     assert (
         row["changes"]
-        == 'name: Auditors -> =Readers\npermissions: ["read"] -> ["read", "export"]\nexpires:  -> 30\nsecret: (withheld) -> (withheld)'
+        == 'name: Auditors -> =Readers\npermissions: ["read"] -> ["read", "export"]\nexpires: (none) -> 30\nsecret: (withheld) -> (withheld)'
     )
 
 

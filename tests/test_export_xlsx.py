@@ -19,7 +19,17 @@ import pytest
 import requests
 from support import RunningCollector, otaudit, settings_for, wait_until
 from test_api_reads import ROLE, Api, send, token
-from test_export import HEADER, TRICKY, export, rows_of, trail  # noqa: F401  (trail: a fixture)
+from test_export import (  # noqa: F401  (trail: a fixture)
+    FORMULA_RELATED,
+    HEADER,
+    RELATED,
+    RELATED_CELL,
+    TRICKY,
+    export,
+    rows_of,
+    send_related,
+    trail,
+)
 
 from otaudit_collector.core.export import XLSX_CELL_CHARS, XLSX_CONTENT_TYPE, filters_from_body, sheet_row
 from otaudit_collector.core.query import BadFilter, parse_time
@@ -135,6 +145,26 @@ def test_a_streamed_xlsx_holds_the_csv_rows_with_dates_and_inert_formulas(trail:
                 assert got == (text or None), name
     exported = api.ok("/v1/events", event="exportView")["events"]
     assert [(e["details"]["format"], e["details"]["row_count"]) for e in exported][-1] == ("xlsx", len(TRICKY))
+
+
+def test_the_related_column_holds_one_object_per_line_in_streams_jobs_and_the_command(db: str, tmp_path: Path) -> None:
+    collector = RunningCollector(settings_for(db, {("exports", "poll_seconds"): 0.05}))
+    try:
+        related, formula = send_related(collector, [RELATED, FORMULA_RELATED])
+        (plain,) = send(collector.grpc_target, [(ROLE, time.time_ns())])  # no related objects
+        expected = {related: RELATED_CELL, formula: "'@evil:x (=1+2)", plain: None}  # text cells; empty stays empty
+        api = Api(collector.api_url, token(db, "acme"))
+        streamed = events_of(sheets_of(export(api, format="xlsx", event="updateRole").content))
+        _job, download = jobs_file(api, {"format": "xlsx", "event": "updateRole"})
+        out = tmp_path / "operator.xlsx"
+        done = otaudit("export", "--tenant", "acme", "--database-url", db, "--format", "xlsx", "--event", "updateRole",
+                       "-o", str(out))  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        for events in (streamed, events_of(sheets_of(download.content)), events_of(sheets_of(out.read_bytes()))):
+            assert {e["id"]: e["related"] for e in events} == expected
+            assert [name for name in events[0]][HEADER.index("target_name") + 1] == "related"
+    finally:
+        collector.stop()
 
 
 def test_past_the_sheet_row_limit_a_new_sheet_starts_in_streams_jobs_and_the_command(db: str, tmp_path: Path) -> None:

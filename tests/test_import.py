@@ -5,6 +5,8 @@ on a pseudo-terminal, and the command's errors. The pure parts (times, mapping, 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import pty
@@ -16,9 +18,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import grpc
+import psycopg
 import pytest
-from support import RunningCollector, otaudit, rows
-from test_api_reads import ACCESS, GROUP, ROLE, send
+from support import REPO, RunningCollector, otaudit, record, request, rows
+from test_api_reads import ACCESS, EXPORT, GROUP, ROLE, Api, attributes_of, send, token
 
 from otaudit_collector.core.importing import (
     ImportProblem,
@@ -30,6 +34,7 @@ from otaudit_collector.core.importing import (
     parse_changes,
     parse_mapping,
     parse_occurred_at,
+    parse_related,
     sort_line,
     split_sort_line,
 )
@@ -42,7 +47,24 @@ EXPORT_ONLY = ("seq", "received_at")
 
 
 def stored(conninfo: str, tenant: str) -> list[dict[str, Any]]:
-    return rows(conninfo, "SELECT seq, id, occurred_at, flags, doc FROM events WHERE tenant = %s ORDER BY seq", (tenant,))
+    """The tenant's events but otaudit's own (each import run records itself: ``records``)."""
+    return rows(
+        conninfo,
+        "SELECT seq, id, occurred_at, flags, doc FROM events WHERE tenant = %s"
+        " AND doc #>> '{source,service}' IS DISTINCT FROM 'otaudit-collector' ORDER BY seq",
+        (tenant,),
+    )
+
+
+def records(conninfo: str, tenant: str) -> list[dict[str, Any]]:
+    """The import runs recorded in the tenant's trail, in commit order: (seq, the event's document)."""
+    found = rows(
+        conninfo,
+        "SELECT seq, doc FROM events WHERE tenant = %s AND category = 'data_extraction' AND event = 'importAuditTrail'"
+        " ORDER BY seq",
+        (tenant,),
+    )
+    return [{**r["doc"], "seq": r["seq"]} for r in found]
 
 
 def document(base: dict[str, Any], at_ns: int, **over: Any) -> dict[str, Any]:
@@ -86,12 +108,19 @@ def test_an_ndjson_export_imports_into_another_tenant_with_its_documents_and_tim
     )
     assert [r["line"] for r in rejects_of(tmp_path / "acme.ndjson.rejects.ndjson")] == [1, 2, 3]
     assert len(stored(conninfo, "beta")) == 1
+    (refusal,) = records(conninfo, "beta")  # the run is in beta's trail, with what it did not store
+    assert refusal["seq"] == 2 and refusal["outcome"] == "success"
+    assert [refusal["details"][k] for k in ("read", "stored", "already_present", "rejected")] == [3, 0, 0, 3]
 
     done = run_import(conninfo, str(exported), "--tenant", "beta", "--retenant", "--no-progress")
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == "read 3 events: 3 stored, 0 already there, 0 rejected"
     beta = stored(conninfo, "beta")
-    assert [r["seq"] for r in beta] == [1, 2, 3, 4]
+    assert [r["seq"] for r in beta] == [1, 3, 4, 5]  # 2: the refused run's record; 6: this run's
+    assert [(r["seq"], r["details"]["stored"], r["details"].get("retenant")) for r in records(conninfo, "beta")] == [
+        (2, 0, None),
+        (6, 3, True),
+    ]
     imported = beta[1:]
     assert [r["doc"]["id"] for r in imported] == [o["id"] for o in originals]  # the export's time order, after beta's own
     for row, original in zip(imported, originals, strict=True):
@@ -104,6 +133,8 @@ def test_an_ndjson_export_imports_into_another_tenant_with_its_documents_and_tim
     into_acme = run_import(conninfo, str(exported), "--tenant", "acme", "--no-progress")  # the live events: already there
     assert into_acme.returncode == 0 and "0 stored, 3 already there" in into_acme.stdout
     assert len(stored(conninfo, "beta")) == 4
+    assert [r["details"]["already_present"] for r in records(conninfo, "beta")] == [0, 0, 3]
+    assert [r["details"]["already_present"] for r in records(conninfo, "acme")] == [3]
 
 
 def _ns(when: Any) -> int:
@@ -201,13 +232,19 @@ def test_the_csv_export_imports_by_its_own_header(collector: RunningCollector, t
     now = time.time_ns()
     tricky = {**ROLE, "target": {**ROLE["target"], "name": "=HYPERLINK(1)"}}
     send(collector.grpc_target, [(tricky, now - 3 * 10**9), (ACCESS, now - 2 * 10**9), (GROUP, now - 10**9)])
+    related = [{"type": "=license", "id": "lic-1", "name": "Pro (2 seats)"}, {"type": "device", "id": "d-7"}]
+    with_related = record("updateRole", {**attributes_of(ROLE), "audit.related": related}, time_ns=now - 4 * 10**9)
+    with grpc.insecure_channel(collector.grpc_target) as channel:
+        channel.unary_unary(EXPORT)(request([with_related]).SerializeToString(), timeout=30)
     exported = tmp_path / "acme.csv"
     done = otaudit("export", "--tenant", "acme", "--bom", "-o", str(exported), "--database-url", conninfo)
     assert done.returncode == 0, done.stderr
-    assert "'=HYPERLINK(1)" in exported.read_text(encoding="utf-8-sig")
+    text = exported.read_text(encoding="utf-8-sig")
+    assert "'=HYPERLINK(1)" in text and "'=license:lic-1 (Pro (2 seats))\ndevice:d-7" in text  # the related column
     done = run_import(conninfo, str(exported), "--tenant", "globex", "--retenant", "--no-progress")
     assert done.returncode == 0, done.stderr + done.stdout
-    assert done.stdout.startswith("read 3 events: 3 stored, 0 already there, 0 rejected")
+    assert done.stdout.startswith("read 4 events: 4 stored, 0 already there, 0 rejected")
+    assert [r["doc"]["related"] for r in stored(conninfo, "globex") if "related" in r["doc"]] == [related]
     acme = {r["id"]: r["doc"] for r in stored(conninfo, "acme")}
     for row in stored(conninfo, "globex"):
         original = {k: v for k, v in acme[row["id"]].items() if k not in ("tenant", "flags")}
@@ -269,6 +306,105 @@ def test_the_command_errors_say_what_to_fix(
     done = run_import(db, str(path), "--tenant", "acme", *extra)
     assert done.returncode == 2, done.stderr
     assert words in done.stderr and done.stderr.startswith("otaudit: ")
+    assert rows(db, "SELECT count(*) AS n FROM events")[0]["n"] == 0
+
+
+def test_each_import_run_is_recorded_in_the_tenants_trail(collector: RunningCollector, tmp_path: Path) -> None:
+    """Like ``otaudit export --tenant``: the operator as actor, the file, its format, the counts and the time
+    range an auditor asks about; readable through the API (data_extraction is in every plan) and exported."""
+    conninfo = collector.conninfo
+    old = time.time_ns() - THREE_YEARS_NS
+    docs = [document(ROLE, old + 2 * DAY_NS), document(ROLE, old), document(ACCESS, old + DAY_NS)]
+    path = write_lines(tmp_path / "history.ndjson", [docs[0], docs[1], "{not json", docs[2]])
+    done = run_import(conninfo, str(path), "--tenant", "acme", "--no-progress")
+    assert done.returncode == 1, done.stderr  # a line was rejected
+    (run,) = records(conninfo, "acme")
+    assert run["seq"] == 4 and [r["seq"] for r in stored(conninfo, "acme")] == [1, 2, 3]  # after what it stored
+    actor = run["actor"]
+    assert actor["type"] == "user" and actor["roles"] == ["operator"] and "@" in actor["id"]
+    assert actor["name"] == f"{actor['id']} (otaudit import)"
+    assert run["client"]["user_agent"].startswith("otaudit-cli/")
+    assert run["target"] == {"type": "view", "id": "audit-trail", "name": "otaudit audit trail"}  # as exportView's
+    assert (run["category"], run["outcome"], run["source"]["service"]) == ("data_extraction", "success", "otaudit-collector")
+    assert "imported" not in run.get("flags", [])  # the run happened now: it is not itself imported
+    assert run["details"] == {
+        "file": "history.ndjson",
+        "path": str(path.absolute()),
+        "format": "ndjson",
+        "read": 4,
+        "stored": 3,
+        "already_present": 0,
+        "rejected": 1,
+        "first_occurred_at": docs[1]["occurred_at"],
+        "last_occurred_at": docs[0]["occurred_at"],
+        "rejects_file": str(tmp_path / "history.ndjson.rejects.ndjson"),
+    }
+    assert run["message"] == "imported history.ndjson: 3 stored, 0 already present, 1 rejected"
+
+    api = Api(collector.api_url, token(conninfo, "acme"))  # the basic plan
+    (listed,) = api.ok("/v1/events", event="importAuditTrail")["events"]
+    assert listed["id"] == run["id"] and listed["details"] == run["details"]
+    history = api.ok("/v1/events", target_type="view", target_id="audit-trail")["events"]
+    assert [e["event"] for e in history] == ["importAuditTrail"]
+    exported = api.get("/v1/export", format="csv", event="importAuditTrail")
+    assert exported.status_code == 200, exported.text
+    (row,) = csv.DictReader(io.StringIO(exported.text))
+    assert (row["id"], row["title"], row["actor_name"]) == (run["id"], "Audit trail imported", actor["name"])
+
+
+def test_an_import_that_stops_part_way_is_recorded_as_failed(db: str, tmp_path: Path) -> None:
+    """The database refuses the second batch (a trigger raises, as a full disk or a constraint would): the
+    first stays stored, the run is recorded as a failure with the reason, and a second run completes it."""
+    now = time.time_ns()
+    first, poison, last = (document(ROLE, now - (3 - i) * DAY_NS) for i in range(3))
+    poison["id"] = "poison"
+    path = write_lines(tmp_path / "three.ndjson", [last, poison, first])
+    with psycopg.connect(db) as conn:
+        conn.execute(
+            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'disk full while storing %', NEW.id; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER refuse_poison AFTER INSERT ON events FOR EACH ROW WHEN (NEW.id = 'poison')"
+            " EXECUTE FUNCTION refuse_poison()"
+        )
+    done = run_import(db, str(path), "--tenant", "acme", "--batch-size", "1", "--no-progress")
+    assert done.returncode == 1, done.stderr
+    assert "otaudit: storing stopped after 1 of 3 events: storage refused the batch" in done.stderr
+    assert "Run the same import again" in done.stderr and "not in the trail" not in done.stderr
+    assert [r["id"] for r in stored(db, "acme")] == [first["id"]]
+    (failed,) = records(db, "acme")
+    assert failed["outcome"] == "failure" and "disk full while storing poison" in failed["reason"]
+    assert [failed["details"][k] for k in ("read", "stored", "already_present", "rejected")] == [3, 1, 0, 0]
+    assert (failed["details"]["first_occurred_at"], failed["details"]["last_occurred_at"]) == (
+        first["occurred_at"],
+        last["occurred_at"],
+    )
+
+    with psycopg.connect(db) as conn:
+        conn.execute("DROP TRIGGER refuse_poison ON events")
+    again = run_import(db, str(path), "--tenant", "acme", "--batch-size", "1", "--no-progress")
+    assert again.returncode == 0 and again.stdout.startswith("read 3 events: 2 stored, 1 already there, 0 rejected")
+    assert [(r["outcome"], r["details"]["stored"], r["details"]["already_present"]) for r in records(db, "acme")] == [
+        ("failure", 1, 0),
+        ("success", 2, 1),
+    ]
+
+
+def test_an_import_the_trail_cannot_record_stores_nothing(db: str, tmp_path: Path) -> None:
+    """An operator's own data_extraction catalog without the import's event: refused before anything is stored."""
+    catalogs = tmp_path / "catalogs"
+    catalogs.mkdir()
+    own = json.loads((REPO / "catalogs" / "data_extraction.json").read_text())
+    del own["events"]["importAuditTrail"]
+    (catalogs / "data_extraction.json").write_text(json.dumps(own))
+    config = tmp_path / "otaudit.yaml"
+    config.write_text(f"catalogs:\n  dirs: [{json.dumps(str(catalogs))}]\n")
+    path = write_lines(tmp_path / "one.ndjson", [document(ROLE, time.time_ns() - DAY_NS)])
+    done = run_import(db, str(path), "--tenant", "acme", "--no-progress", "--config", str(config))
+    assert done.returncode == 2, done.stderr
+    assert "the catalogs refuse the importAuditTrail event" in done.stderr and "nothing was stored" in done.stderr
+    assert "give yours its importAuditTrail event" in done.stderr
     assert rows(db, "SELECT count(*) AS n FROM events")[0]["n"] == 0
 
 
@@ -338,6 +474,28 @@ def test_the_mapping_and_the_export_header() -> None:
         {"field": "password"},
     ]
     assert parse_changes('[{"field": "x", "old": 1}]') == [{"field": "x", "old": 1}]
+    assert parse_changes("expires: (none) -> 30\nnote: gone -> (none)") == [  # null, as exports write it since 0011
+        {"field": "expires", "old": None, "new": 30},
+        {"field": "note", "old": "gone", "new": None},
+    ]
+
+
+def test_the_related_column_reads_back_one_object_per_line() -> None:
+    assert parse_related("license:lic-1 (Pro (2 seats))\ndevice:d-7\nurn:x:y:z (A)") == [
+        {"type": "license", "id": "lic-1", "name": "Pro (2 seats)"},
+        {"type": "device", "id": "d-7"},
+        {"type": "urn", "id": "x:y:z", "name": "A"},  # split at the first colon: a type with one is lossy
+    ]
+    assert parse_related('[{"type": "order", "id": "o-1"}]') == [{"type": "order", "id": "o-1"}]  # a mapped CSV's JSON
+    for bad in ("no colon here", "license:", '[{"type": '):
+        with pytest.raises(LineError, match="related: ") as caught:
+            parse_related(bad)
+        assert caught.value.reason == "unreadable"
+    header = ["occurred_at", "event", "target_name", "related", "changes"]
+    found = export_mapping(header)
+    assert found is not None and found["related"].column == "related"
+    row = {"occurred_at": "2020-01-01", "event": "x", "target_name": "", "related": "'=doc:d-1 (=SUM(A1))", "changes": ""}
+    assert document_from_row(row, found, from_export=True)["related"] == [{"type": "=doc", "id": "d-1", "name": "=SUM(A1)"}]
 
 
 def test_rows_come_out_in_time_order_through_bounded_runs(tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ job), and for two of them looked at in the web page in headless Chromium.
 
 1. IT-asset inventory site (000): bundled catalogs, plans gating categories, 12 months.
 2. Contact-center platform (001): a plan of only the ``contact_center`` pack's categories, 13 months,
-   old/new values, an Excel export read back with openpyxl, the page's old and new values.
+   old/new values (an add's old value null, shown as "(none)", not withheld), an Excel export read
+   back with openpyxl, the page's old and new values.
 3. Platform with a job API (002): an async export job with Unix-second numbers, paging through
    rows that share a timestamp with the cursor (none repeated, none skipped).
 4. Software-licensing platform (003): per-item logs including related objects, indefinite
@@ -381,6 +382,7 @@ def test_contact_center_old_and_new_values_13_months_and_excel(product: dict[str
         {"field": "member_of", "old": "Tier 1", "new": "Tier 2"},
     ]
     assert api.ok(f"/v1/events/{password}")["changes"] == [{"field": "password"}]  # element named, values withheld
+    assert api.ok(f"/v1/events/{skill}")["changes"] == [{"field": "description", "old": None, "new": "Billing questions"}]
     assert api.ids(q='target_name:"Ann*"') == [password, profile]
     assert api.ids(q="event:skills.add event:agent_groups.delete") == [group, skill]
     assert api.ids(category="campaign_configuration") == [hours]
@@ -407,7 +409,7 @@ def test_contact_center_old_and_new_values_13_months_and_excel(product: dict[str
     assert by_id[profile]["title"] == "User edited" and by_id[profile]["target_name"] == "Ann Agent"
     assert by_id[profile]["changes"] == "profile: Agent -> Agent manager\nmember_of: Tier 1 -> Tier 2"
     assert by_id[password]["changes"] == "password: (withheld) -> (withheld)"
-    assert by_id[skill]["changes"] == "description:  -> Billing questions"  # no old value: empty, not "(withheld)"
+    assert by_id[skill]["changes"] == "description: (none) -> Billing questions"  # an add: no old value, not "(withheld)"
     assert by_id[group]["title"] == "Agent group deleted" and by_id[group]["actor_email"] == "admin@brand.test"
 
     # the page: the events with their titles, one event's old and new values
@@ -425,6 +427,19 @@ def test_contact_center_old_and_new_values_13_months_and_excel(product: dict[str
             dialog.locator("button.target-history").click()
         ui.settled()
         ui.shows([password, profile])
+        # an add's initial value: "(none)" as the old value, never "withheld" (the password's values are)
+        withheld = ui.open_detail(password).locator("table.changes tbody tr")
+        expect(withheld).to_have_text(["passwordwithheldwithheld"])
+        expect(withheld.locator("td.withheld")).to_have_count(2)
+        ui.page.keyboard.press("Escape")
+        with ui.page.expect_response(lambda r: "/v1/events" in r.url and "target_id" not in r.url):
+            ui.page.get_by_role("button", name="Clear", exact=True).click()
+        ui.settled()
+        ui.shows([group, skill], first=2)
+        added = ui.open_detail(skill).locator("table.changes tbody tr")
+        expect(added).to_have_text(["description(none)Billing questions"])
+        expect(added.locator("td.none")).to_have_text("(none)")
+        expect(added.locator("td.withheld")).to_have_count(0)
     finally:
         ui.close()
     sdk.shutdown()

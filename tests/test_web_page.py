@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import openpyxl
 import psycopg
 import pytest
 import requests
@@ -308,7 +309,9 @@ def test_sign_in_shows_the_trail_newest_first_and_sign_out_forgets_the_token(sit
         ]
     )
     expect(ui.page.locator("#summary")).to_contain_text("newest first")
-    expect(ui.page.locator("#plan-summary")).to_have_text("Tenant acme · plan basic · searchable for 365 days · kept for 365 days")
+    expect(ui.page.locator("#plan-summary")).to_have_text(
+        "Tenant acme · plan basic · searchable for 365 days · kept for 365 days"
+    )
 
     ui.page.reload()  # the token stays for the tab's session
     ui.settled()
@@ -460,7 +463,13 @@ def test_the_detail_shows_old_and_new_values_and_the_context(site: Site) -> None
 def test_the_detail_shows_the_event_verified_against_the_signed_log(site: Site) -> None:
     event_id = send(
         site.collector,
-        [("updateRole", role_update(**{"user.email": "ann@acme.test", "user.name": "Ann", "client.address": "203.0.113.9"}), time.time_ns())],
+        [
+            (
+                "updateRole",
+                role_update(**{"user.email": "ann@acme.test", "user.name": "Ann", "client.address": "203.0.113.9"}),
+                time.time_ns(),
+            )
+        ],
     )[0]
     assert site.collector.call(site.collector.collector.make_checkpoints_now()) == ["acme"]
     ui = site.ui()
@@ -474,7 +483,9 @@ def test_the_detail_shows_the_event_verified_against_the_signed_log(site: Site) 
     ui.page.get_by_role("button", name="Close").click()
     # Altered in the database: the collector cannot prove it any more, and the page says so.
     with psycopg.connect(site.collector.conninfo, autocommit=True) as conn:
-        conn.execute("UPDATE events SET doc = jsonb_set(doc, '{outcome}', '\"failure\"'), outcome = 'failure' WHERE id = %s", (event_id,))
+        conn.execute(
+            "UPDATE events SET doc = jsonb_set(doc, '{outcome}', '\"failure\"'), outcome = 'failure' WHERE id = %s", (event_id,)
+        )
     ui.row(event_id).locator("td").first.click()
     expect(status).to_have_attribute("data-state", "failed")
     expect(status).to_contain_text("altered")
@@ -617,6 +628,77 @@ def test_exports_start_show_progress_and_offer_the_download(site: Site, trail: d
     expect(other.page.get_by_role("button", name="CSV", exact=True)).to_be_hidden()
     ui.assert_clean()
     other.assert_clean()
+
+
+def test_the_xlsx_button_exports_a_workbook_holding_the_rows_sent(site: Site) -> None:
+    """An admin filters, clicks XLSX, waits for the job and downloads the file through the page; read back
+    with openpyxl, it holds the events sent: their times as dates, their values as inert text."""
+    now = time.time_ns() // 10**6 * 10**6  # whole milliseconds: what a spreadsheet's date holds (and openpyxl reads)
+    sent = {
+        "first": (
+            "updateRole",
+            role_update(
+                **{"audit.related": [{"type": "license", "id": "lic-1", "name": "Pro"}, {"type": "device", "id": "d-7"}]}
+            ),
+            now - 3 * 10**9,
+        ),
+        "formula": (
+            "updateRole",
+            role_update(**{"audit.target.id": "r-9", "audit.target.name": '=HYPERLINK("http://evil.test")'}),
+            now - 2 * 10**9,
+        ),
+        "added": (
+            "updateRole",
+            role_update(**{"audit.changes": [{"field": "expires", "old": None, "new": 30}, {"field": "password"}]}),
+            now - 10**9,
+        ),
+    }
+    ids = dict(zip(sent, send(site.collector, list(sent.values())), strict=True))
+    ui = site.ui()
+    ui.open()
+    ui.sign_in(site.admin)
+    ui.apply(event="updateRole")
+    with ui.page.expect_request(lambda r: r.method == "POST" and r.url.endswith("/v1/exports")) as posted:
+        ui.page.get_by_role("group", name="Export these results").get_by_role("button", name="XLSX", exact=True).click()
+    assert posted.value.post_data_json == {"format": "xlsx", "event": ["updateRole"]}
+    link = ui.page.locator("#export-link")
+    expect(link).to_be_visible(timeout=60_000)
+    expect(link).to_have_text("Download the XLSX file")
+    expect(ui.page.locator("#export-text")).to_have_text("XLSX export ready: 3 rows.")
+    with ui.page.expect_download() as download:
+        link.click()
+    assert re.fullmatch(r"otaudit-acme-\d{8}T\d{6}Z\.xlsx", download.value.suggested_filename)
+    book = openpyxl.load_workbook(io.BytesIO(Path(download.value.path()).read_bytes()))  # its path has no .xlsx
+    assert book.sheetnames == ["events"]
+    values = list(book["events"].iter_rows(values_only=True))
+    header = list(values[0])
+    rows = {row[header.index("id")]: dict(zip(header, row, strict=True)) for row in values[1:]}
+    assert [r[header.index("id")] for r in values[1:]] == [ids["first"], ids["formula"], ids["added"]]  # oldest first
+    for key, (event, attrs, when) in sent.items():
+        row = rows[ids[key]]
+        assert row["occurred_at"] == dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=when // 1000)  # a date, in UTC
+        assert (row["event"], row["title"], row["category"]) == (event, "Role updated", "accounts_configuration")
+        assert (row["actor_id"], row["actor_email"], row["actor_name"], row["actor_roles"]) == (
+            "u-17",
+            "ann@acme.test",
+            "Ann",
+            "admin",
+        )
+        assert (row["client_address"], row["user_agent"], row["session_id"]) == (
+            "203.0.113.9",
+            attrs["user_agent.original"],
+            "s-1",
+        )
+        assert (row["target_type"], row["target_id"]) == ("role", attrs["audit.target.id"])
+        assert isinstance(row["seq"], int) and row["tenant"] == "acme" and row["outcome"] == "success"
+    assert rows[ids["first"]]["target_name"] == "Auditors"
+    assert rows[ids["formula"]]["target_name"] == '\'=HYPERLINK("http://evil.test")'  # text a spreadsheet never runs
+    assert rows[ids["first"]]["changes"] == 'permissions: ["read"] -> ["read", "export"]'
+    assert [rows[ids[key]]["related"] for key in sent] == ["license:lic-1 (Pro)\ndevice:d-7", None, None]
+    assert rows[ids["added"]]["changes"] == "expires: (none) -> 30\npassword: (withheld) -> (withheld)"
+    for sheet in book.worksheets:
+        assert not [c.coordinate for r in sheet.iter_rows() for c in r if c.data_type == "f"], "a formula cell"
+    ui.assert_clean()
 
 
 # -- the files and their headers (no browser) --------------------------------------------------

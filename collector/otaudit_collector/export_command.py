@@ -13,10 +13,7 @@ line printed names the full path written, so nobody has to guess where it went.
 from __future__ import annotations
 
 import datetime as dt
-import getpass
 import json
-import os
-import socket
 import sys
 import time
 import urllib.error
@@ -31,7 +28,6 @@ import psycopg
 from otaudit_collector._text import plural
 from otaudit_collector.core.export import Format
 from otaudit_collector.core.query import parse_filters, where_sql
-from otaudit_collector.core.tokens import Principal
 
 __all__ = ["Progress", "export_via_api", "export_from_database", "filters_from_args"]
 
@@ -231,30 +227,23 @@ async def export_from_database(
 
 async def _audit(settings: Any, conninfo: str, tenant: str, fmt: Format, filters: Mapping[str, list[str]], rows: int) -> None:
     """Record the export in the tenant's trail, through the ingest pipeline like the API does."""
-    from otaudit_collector.api.export import audit_export
-    from otaudit_collector.app import catalog_dirs, policy_from
+    from otaudit_collector.api.export import export_event
+    from otaudit_collector.app import catalog_dirs
     from otaudit_collector.core.catalog import load_catalogs
-    from otaudit_collector.pipeline import Ingestor
-    from otaudit_collector.selfaudit import Access, SelfAudit
+    from otaudit_collector.operator_audit import OperatorAudit
     from otaudit_collector.storage.writer import Writer
 
     catalogs = load_catalogs(catalog_dirs(settings))
     writer = Writer(conninfo, default_plan=settings.raw["default_plan"])
     await writer.start()
     try:
-        ingestor = Ingestor(
-            writer=writer,
-            catalogs=lambda: catalogs,
-            policy=policy_from(settings),
-            max_concurrent_requests=1,
-            retry_after_seconds=1,
-            seal=bool(settings.get("integrity", "enabled")),
-        )
-        who = f"{getpass.getuser()}@{socket.gethostname()}"
-        operator = Principal(token_id=who, tenant=tenant, role="operator", name=f"{who} (otaudit export)")
-        access = Access(operator, None, f"otaudit-cli/{os.getpid()}", actor_type="user")
-        await audit_export(SelfAudit(ingestor), access, fmt, dict(filters), rows, "success", None, job_id=None)
-        ingestor.close()
+        audit = OperatorAudit(writer, settings, catalogs, tenant, "otaudit export")
+        try:
+            fields = export_event(audit.access, fmt, dict(filters), rows, "success", None, job_id=None)
+            del fields["access"]  # OperatorAudit gives its own, the same
+            await audit.record(**fields)
+        finally:
+            audit.close()
     finally:
         await writer.close()
 

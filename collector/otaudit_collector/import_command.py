@@ -10,8 +10,9 @@ For operators, like ``otaudit export --tenant``. In three steps:
 2. sort: rows are kept in time order in bounded memory: runs of ``RUN_ROWS`` rows are sorted
    in memory and spilled to temporary files, then merged (an external merge sort), so that
    the events get their ``seq`` numbers in the file's time order whatever its order;
-3. store: batches through the writer, which numbers them after what the tenant already has
-   and skips ids already stored (a second run stores nothing again).
+3. store (``import_store``): batches through the writer, which numbers them after what the tenant
+   already has and skips ids already stored (a second run stores nothing again); then the run is
+   recorded in the tenant's own trail (``importAuditTrail``), as a failure when storing stopped.
 
 Nothing is stored before the whole file was read: a file that cannot be read stores nothing.
 """
@@ -28,7 +29,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,7 +36,6 @@ import psycopg
 
 from otaudit_collector._text import plural
 from otaudit_collector.core.catalog import CatalogSet
-from otaudit_collector.core.errors import IngestError
 from otaudit_collector.core.importing import (
     ImportProblem,
     LineError,
@@ -49,11 +48,11 @@ from otaudit_collector.core.importing import (
     mapping_file_entries,
     parse_mapping,
     sort_line,
-    split_sort_line,
 )
 from otaudit_collector.core.normalize import iso_from_ns
-from otaudit_collector.core.prepare import Prepared, document_row
+from otaudit_collector.core.prepare import document_row
 from otaudit_collector.export_command import Progress
+from otaudit_collector.import_store import ImportEvent, Summary, store
 
 __all__ = ["import_command", "ImportSource", "SortedRows", "Summary", "RUN_ROWS"]
 
@@ -226,26 +225,6 @@ class SortedRows:
 # -- the command ----------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class Summary:
-    read: int = 0
-    stored: int = 0
-    already: int = 0
-    rejected: int = 0
-    rejects_file: Path | None = None
-    retention: str = ""
-    shown: list[str] = field(default_factory=list)
-
-    def lines(self) -> list[str]:
-        out = [
-            f"read {plural(self.read, 'event', thousands=True)}: {self.stored:,} stored, {self.already:,} already there, {self.rejected:,} rejected"
-            + (f" (each with its line and reasons in {self.rejects_file})" if self.rejects_file else "")
-        ]
-        if self.retention:
-            out.append(self.retention)
-        return out
-
-
 def import_command(args: Any, load_settings: Callable[[Any], Any]) -> int:
     """Run ``otaudit import`` from its parsed arguments; ``load_settings`` is the CLI's (flags, environment, file)."""
     from otaudit_collector.app import catalog_dirs, policy_from
@@ -292,12 +271,22 @@ def import_command(args: Any, load_settings: Callable[[Any], Any]) -> int:
         try:
             apply_migrations(database.conninfo)
             progress = Progress(sys.stderr, "events stored", enabled=not args.no_progress)
-            try:
-                asyncio.run(_store(database.conninfo, rows, args.batch_size, settings.raw["default_plan"], summary, progress))
-            except IngestError as exc:
+            event = ImportEvent(path, source.fmt, args.retenant, summary)
+            outcome = asyncio.run(
+                store(database.conninfo, rows, args.batch_size, settings, catalogs, args.tenant, event, progress)
+            )
+            if outcome.refused:
+                print(
+                    f"otaudit: {outcome.refused}; nothing was stored. Every import is recorded in the tenant's trail: load the"
+                    " bundled data_extraction catalog (catalogs.bundled) or give yours its importAuditTrail event, then import again",
+                    file=sys.stderr,
+                )
+                return 2
+            if outcome.stopped:
                 progress.finish(
-                    f"otaudit: storing stopped after {summary.stored + summary.already:,} of {plural(rows.count, 'event', thousands=True)}: {exc}."
+                    f"otaudit: storing stopped after {summary.stored + summary.already:,} of {plural(rows.count, 'event', thousands=True)}: {outcome.stopped}."
                     " Run the same import again: what is already stored is not stored twice"
+                    + (f" (this run is not in the trail either: {outcome.unrecorded})" if outcome.unrecorded else "")
                 )
                 return 1
             progress.finish(f"{plural(rows.count, 'event', thousands=True)} in time order through the writer")
@@ -305,6 +294,13 @@ def import_command(args: Any, load_settings: Callable[[Any], Any]) -> int:
         finally:
             database.close()
     print("\n".join(summary.lines()))
+    if outcome.unrecorded:
+        print(
+            f"otaudit: the events are stored, but this import is not recorded in tenant '{args.tenant}''s trail: {outcome.unrecorded}."
+            " Run the same import again to record it: nothing is stored twice",
+            file=sys.stderr,
+        )
+        return 1
     return 1 if summary.rejected else 0
 
 
@@ -339,6 +335,7 @@ def _read(
                 if row is None:
                     raise LineError("too_large" if problem.startswith("the event is ") else "unstorable", problem)
                 rows.add(sort_line(doc["occurred_at"], number, doc["tenant"], doc["id"], row, leaf))
+                summary.saw(doc["occurred_at"])
             except LineError as exc:
                 summary.rejected += 1
                 if rejects is None:
@@ -355,39 +352,9 @@ def _read(
         if rejects is not None:
             rejects.close()
     progress.update(source.position, source.size, force=True)
-    progress.finish(f"read {plural(summary.read, 'event', thousands=True)} from {source.path}: {rows.count:,} valid, {summary.rejected:,} rejected")
-
-
-async def _store(
-    conninfo: str, rows: SortedRows, batch_size: int, default_plan: str, summary: Summary, progress: Progress
-) -> None:
-    from otaudit_collector.storage.writer import Writer
-
-    writer = Writer(conninfo, max_batch_records=batch_size, default_plan=default_plan, commit_timeout_seconds=300)
-    await writer.start()
-    try:
-        batch = Prepared()
-        for line in rows:
-            key, row, leaf = split_sort_line(line)
-            batch.lines.append(row)
-            batch.keys.append(key)
-            if leaf:
-                batch.leaves.append(leaf)
-            if len(batch.lines) >= batch_size:
-                await _submit(writer, batch, summary)
-                batch = Prepared()
-                progress.update(summary.stored + summary.already, rows.count)
-        if batch.lines:
-            await _submit(writer, batch, summary)
-        progress.update(summary.stored + summary.already, rows.count, force=True)
-    finally:
-        await writer.close()
-
-
-async def _submit(writer: Any, batch: Prepared, summary: Summary) -> None:
-    new: int = await writer.submit(batch)
-    summary.stored += new
-    summary.already += len(batch.lines) - new
+    progress.finish(
+        f"read {plural(summary.read, 'event', thousands=True)} from {source.path}: {rows.count:,} valid, {summary.rejected:,} rejected"
+    )
 
 
 def _retention_note(conninfo: str, settings: Any, tenant: str) -> str:

@@ -30,11 +30,14 @@ from otaudit_collector.core.errors import IngestError
 from otaudit_collector.core.tokens import Principal
 from otaudit_collector.pipeline import Ingestor
 
-__all__ = ["Access", "SelfAudit", "Sessions", "SERVICE_NAME", "Unrecorded", "LIMITS", "bound_text"]
+__all__ = ["Access", "SelfAudit", "Sessions", "SERVICE_NAME", "TRAIL_TARGET", "Unrecorded", "LIMITS", "bound_text"]
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "otaudit-collector"
+
+TRAIL_TARGET = {"type": "view", "id": "audit-trail", "name": "otaudit audit trail"}
+"""The target of the trail's own exports (``exportView``) and imports (``importAuditTrail``): its history holds both."""
 
 
 def _envelope_limits() -> dict[str, int]:
@@ -220,7 +223,7 @@ class SelfAudit:
         _event_id, body = self.request_body(**fields, sequence=0)
         problem = self._ingestor.rejection(body, as_json=True)
         if problem is not None:
-            log.error("the API's own audit event would be rejected: %s", problem, extra={"event": fields.get("event")})
+            log.error("otaudit's own audit event would be rejected: %s", problem, extra={"event": fields.get("event")})
             raise Unrecorded(f"the catalogs refuse the {fields.get('event')} event that would record it: {problem}")
 
     async def record(self, **fields: Any) -> str:
@@ -230,7 +233,7 @@ class SelfAudit:
         event_id, body = self.request_body(**fields)
         result = await self._ingestor.export(body, as_json=True)
         if result.rejected:
-            log.error("the API's own audit event was rejected: %s", result.message, extra={"event": fields.get("event")})
+            log.error("otaudit's own audit event was rejected: %s", result.message, extra={"event": fields.get("event")})
             raise Unrecorded(f"the catalogs refused the {fields.get('event')} event recording it: {result.message}")
         return event_id
 

@@ -46,7 +46,7 @@ from otaudit_collector.core.export import (
 from otaudit_collector.core.query import BadFilter, parse_filters, where_sql
 from otaudit_collector.core.tokens import Principal
 from otaudit_collector.metrics import Metrics
-from otaudit_collector.selfaudit import Access, SelfAudit
+from otaudit_collector.selfaudit import TRAIL_TARGET, Access, SelfAudit
 from otaudit_collector.storage import exports as store
 from otaudit_collector.storage.bundles import BundleRefused
 
@@ -303,7 +303,7 @@ def export_event(
         "category": "data_extraction",
         "access": access,
         "outcome": outcome,
-        "target": {"type": "view", "id": "audit-trail", "name": "otaudit audit trail"},
+        "target": TRAIL_TARGET,
         "details": details,
         "reason": reason,
         "message": f"exported {rows} audit events as {fmt.name}",

@@ -2,7 +2,7 @@
 cells of an xlsx sheet row, and the signed download URLs of export jobs.
 
 Pure. The flattening and the formula neutralizing happen inside PostgreSQL (the
-``otaudit_csv_*`` functions of migrations 0003 and 0006), so an export is one ``COPY (SELECT ...)
+``otaudit_csv_*`` functions of migrations 0003, 0006 and 0011), so an export is one ``COPY (SELECT ...)
 TO STDOUT`` whose rows pass through Python untouched. ``spreadsheet_cell`` is the same
 neutralizing rule in Python: the one definition the SQL is tested against, for every
 spreadsheet format to come.
@@ -87,8 +87,13 @@ CSV_COLUMNS: tuple[tuple[str, str], ...] = (
     # subquery names no column of events: PostgreSQL runs it once per export (an InitPlan) and each row looks its
     # key up in the one jsonb object. A lookup per row cost 17-25% of the export's rows/s; a join made PostgreSQL
     # sort the whole export before its first row (2 s at 1.2M rows, against 0.3 s).
-    ("title", _cell("(SELECT jsonb_object_agg(t.category || '/' || t.event, t.title) FROM catalog_titles t)"
-                    " ->> (events.category || '/' || events.event)")),
+    (
+        "title",
+        _cell(
+            "(SELECT jsonb_object_agg(t.category || '/' || t.event, t.title) FROM catalog_titles t)"
+            " ->> (events.category || '/' || events.event)"
+        ),
+    ),
     ("outcome", _cell("outcome")),
     ("actor_type", _cell("actor_type")),
     ("actor_id", _cell("actor_id")),
@@ -101,6 +106,8 @@ CSV_COLUMNS: tuple[tuple[str, str], ...] = (
     ("target_type", _cell("target_type")),
     ("target_id", _cell("target_id")),
     ("target_name", _cell("doc#>>'{target,name}'")),
+    # One line per related object, "type:id (name)" (migration 0011); STRICT, so not called for events without any.
+    ("related", _cell("otaudit_csv_related(doc->'related')")),
     ("changes", _cell("otaudit_csv_changes(doc->'changes')")),
     ("details", _cell("(doc->'details')::text")),
     ("reason", _cell("doc->>'reason'")),

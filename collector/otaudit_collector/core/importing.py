@@ -38,6 +38,7 @@ __all__ = [
     "document_from_row",
     "finish_document",
     "parse_occurred_at",
+    "parse_related",
     "sort_line",
     "split_sort_line",
 ]
@@ -230,10 +231,7 @@ def _top_value(name: str, raw: str) -> Any:
     if name == "changes":
         return parse_changes(raw)
     if name == "related":
-        try:
-            return json.loads(raw, parse_constant=_refuse_constant)
-        except ValueError:
-            raise LineError("unreadable", f"related: '{_short(raw)}' is not a JSON array of {{type, id, name}}") from None
+        return parse_related(raw)
     return raw
 
 
@@ -248,12 +246,39 @@ def _nested_value(name: str, raw: str) -> Any:
     return raw
 
 
+def parse_related(raw: str) -> Any:
+    """Related objects from a CSV cell: a JSON array of {type, id, name}, or the export's lines ``type:id (name)``.
+
+    A line is split at its first colon, and a name is the text in the parentheses ending it. Lossy at
+    the edges (a type with a colon, an id ending in parentheses, a name with a line break): NDJSON is
+    the faithful format.
+    """
+    if raw.lstrip().startswith("["):
+        try:
+            return json.loads(raw, parse_constant=_refuse_constant)  # the catalogs check its shape
+        except ValueError:
+            raise LineError("unreadable", f"related: '{_short(raw)}' is not a JSON array of {{type, id, name}}") from None
+    related: list[Any] = []
+    for line in raw.split("\n"):
+        kind, sep, rest = line.partition(":")
+        if not sep or not kind or not rest:
+            raise LineError("unreadable", f"related: '{_short(line)}' is not 'type:id (name)' nor a JSON array")
+        found: dict[str, str] = {"type": kind, "id": rest}
+        if rest.endswith(")") and " (" in rest:
+            ident, _, name = rest[:-1].partition(" (")
+            if ident:
+                found = {"type": kind, "id": ident, "name": name}
+        related.append(found)
+    return related
+
+
 def parse_changes(raw: str) -> list[Any]:
     """Changes from a CSV cell: a JSON array of {field, old, new}, or the export's lines ``field: old -> new``.
 
-    The export writes text values as they are and other values as JSON, ``(withheld)`` for a value
-    not recorded; read back, a value that is valid JSON becomes that value. Lossy at the edges (a text
-    that reads as JSON, an arrow inside a value): NDJSON is the faithful format.
+    The export writes text values as they are and other values as JSON, ``(none)`` for null (an added
+    field's old value) and ``(withheld)`` for a value not recorded; read back, a value that is valid JSON
+    becomes that value. Lossy at the edges (a text that reads as JSON or as ``(none)``, an arrow inside a
+    value): NDJSON is the faithful format.
     """
     if raw.lstrip().startswith("["):
         try:
@@ -278,7 +303,7 @@ def parse_changes(raw: str) -> list[Any]:
 
 
 def _value(text: str) -> Any:
-    if text == "":
+    if text in ("", "(none)"):  # "(none)": null since migration 0011; exports before it wrote nothing
         return None
     try:
         return json.loads(text, parse_constant=_refuse_constant)

@@ -525,9 +525,14 @@
     return el("section", { className: "detail-section" }, el("h3", { text: title }), content);
   }
 
+  // A value left out was withheld by the emitter (a secret); null is no value: an added field's
+  // old value, a removed field's new one, shown as "(none)" (the exports write the same).
   function valueCell(change, key) {
     if (!Object.prototype.hasOwnProperty.call(change, key)) {
       return el("td", { className: "withheld" }, el("em", { text: "withheld" }));
+    }
+    if (change[key] === null) {
+      return el("td", { className: "none" }, el("em", { text: "(none)" }));
     }
     return el("td", {}, el("code", { className: "value", text: formatValue(change[key]) }));
   }
