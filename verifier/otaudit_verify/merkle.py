@@ -55,6 +55,7 @@ __all__ = [
     "range_proof",
     "root_from_range",
     "root_of",
+    "root_of_packed",
     "subtree_hash",
     "tree_root",
     "verify_consistency",
@@ -120,6 +121,24 @@ def root_of(leaves: Sequence[bytes]) -> bytes:
         level = [sha256(b"\x01" + left + right).digest() for left, right in zip(pairs, pairs, strict=False)]
         if odd is not None:
             level.append(odd)
+    return level[0]
+
+
+def root_of_packed(data: bytes, start: int, count: int) -> bytes:
+    """``root_of`` of the ``count`` hashes packed one after another in ``data`` from byte
+    ``start`` (a tile's, say), ``count`` a power of two. The first level hashes each pair where
+    it lies, with no copy of the hashes: this is most of the hashing in a proof from tiles."""
+    if count < 1 or count & (count - 1) or start < 0 or start + count * HASH_SIZE > len(data):
+        raise TreeError(f"{count} hashes from byte {start} of {len(data)}: not a power of two that fits")
+    if count == 1:
+        return bytes(data[start : start + HASH_SIZE])
+    sha256 = _sha256
+    view = memoryview(data)
+    pair = 2 * HASH_SIZE
+    level = [sha256(b"\x01" + view[j : j + pair]).digest() for j in range(start, start + count * HASH_SIZE, pair)]
+    while len(level) > 1:
+        pairs = iter(level)
+        level = [sha256(b"\x01" + left + right).digest() for left, right in zip(pairs, pairs, strict=True)]
     return level[0]
 
 

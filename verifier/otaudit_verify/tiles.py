@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 
-from .merkle import HASH_SIZE, HashAt, consistency_proof, inclusion_proof, range_proof, root_of, tree_root
+from .merkle import HASH_SIZE, HashAt, consistency_proof, inclusion_proof, range_proof, root_of_packed, tree_root
 
 __all__ = [
     "ENTRIES_LEVEL",
@@ -217,7 +217,7 @@ def append_leaves(size: int, right: Mapping[int, bytes], new_leaves: Sequence[by
             tile = buffer[offset : offset + TILE_BYTES]
             changed[(level, first + offset // TILE_BYTES)] = tile
             if len(tile) == TILE_BYTES:
-                completed.append(root_of([tile[j : j + HASH_SIZE] for j in range(0, TILE_BYTES, HASH_SIZE)]))
+                completed.append(root_of_packed(tile, 0, TILE_WIDTH))
         pending = completed
         level += 1
     return changed
@@ -262,11 +262,7 @@ def hash_reader(size: int, read_tile: ReadTile) -> HashAt:
             raise TileError(
                 f"tile ({tile_level}, {tile_index}) is {len(data)} bytes, a tree of size {size} has {width} hashes there ({width * HASH_SIZE} bytes)"
             )
-        start = offset * HASH_SIZE
-        count = 1 << (level % TILE_HEIGHT)
-        if count == 1:
-            return bytes(data[start : start + HASH_SIZE])
-        return root_of([bytes(data[j : j + HASH_SIZE]) for j in range(start, start + count * HASH_SIZE, HASH_SIZE)])
+        return root_of_packed(data, offset * HASH_SIZE, 1 << (level % TILE_HEIGHT))
 
     return hash_at
 
