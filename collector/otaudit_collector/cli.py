@@ -379,7 +379,7 @@ def _migrate(args: argparse.Namespace) -> int:
     database = open_database(settings)
     try:
         applied = apply_migrations(database.conninfo)
-        indexes = sync_prefix_indexes(database.conninfo, settings.get("search", "details_prefix_keys"))
+        indexes = sync_prefix_indexes(database.conninfo, settings.get("search", "details_prefix_keys"), drop=False)
     finally:
         database.close()
     for migration in applied:
@@ -387,8 +387,10 @@ def _migrate(args: argparse.Namespace) -> int:
     print("database schema is up to date" if not applied else f"{plural(len(applied), 'migration')} applied")
     for key in indexes.created:
         print(f"built the details prefix index of {key!r} (search.details_prefix_keys)")
-    for name in indexes.dropped:
-        print(f"dropped {name}: its key is no longer in search.details_prefix_keys")
+    for name in indexes.unnamed:
+        print(
+            f"kept {name}: its key is not in this configuration's search.details_prefix_keys; a collector started with such a configuration drops it"
+        )
     return 0
 
 

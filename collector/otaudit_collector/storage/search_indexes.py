@@ -11,7 +11,7 @@ each gets
         (tenant, ((doc -> 'details') ->> 'KEY') text_pattern_ops)
 
 built at start (after the migrations) and by ``otaudit migrate``, then ``ANALYZE``d; an
-index whose key is no longer named is dropped. ``core.query`` writes every details prefix in
+index whose key is no longer named is dropped at start (``otaudit migrate`` only says so). ``core.query`` writes every details prefix in
 the form such an index answers (a byte-wise range on the value), so a named key is found
 through its index and any other key by scanning the time window, with the same answers
 either way. The index is not partial (``WHERE ... ? 'KEY'``) although that would skip
@@ -50,6 +50,7 @@ _PREFIX = "events_details_prefix_"
 class IndexChanges:
     created: tuple[str, ...]  # the keys whose index this call built
     dropped: tuple[str, ...]  # index names dropped: their key is no longer named
+    unnamed: tuple[str, ...] = ()  # index names whose key is not named, kept (drop=False)
 
 
 def index_name(key: str) -> str:
@@ -58,9 +59,11 @@ def index_name(key: str) -> str:
     return _PREFIX + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def sync_prefix_indexes(conninfo: str, keys: Iterable[str]) -> IndexChanges:
+def sync_prefix_indexes(conninfo: str, keys: Iterable[str], *, drop: bool = True) -> IndexChanges:
     """Make the prefix indexes on ``events`` exactly those of ``keys``, under the migrations'
-    lock (two collectors starting at once build each index once)."""
+    lock (two collectors starting at once build each index once). With ``drop`` false, an
+    index whose key is not named is kept and returned in ``unnamed`` (``otaudit migrate`` run
+    without the collectors' configuration must not drop what they use)."""
     wanted = {index_name(k): k for k in keys}
     for key in wanted.values():
         if not KEY_PATTERN.match(key):  # the configuration schema checks it too
@@ -78,7 +81,8 @@ def sync_prefix_indexes(conninfo: str, keys: Iterable[str]) -> IndexChanges:
                     (_PREFIX.replace("_", r"\_") + "%",),
                 )
             }
-            for name in sorted(present - wanted.keys()):
+            unnamed = sorted(present - wanted.keys())
+            for name in unnamed if drop else ():
                 conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(name)))
                 dropped.append(name)
             for name, key in sorted(wanted.items()):
@@ -95,4 +99,4 @@ def sync_prefix_indexes(conninfo: str, keys: Iterable[str]) -> IndexChanges:
                 created.append(key)
         if created:  # the planner's statistics of the new expressions (each partition is sampled)
             conn.execute("ANALYZE events")
-    return IndexChanges(tuple(created), tuple(dropped))
+    return IndexChanges(tuple(created), tuple(dropped), () if drop else tuple(unnamed))
