@@ -282,3 +282,13 @@ def test_the_log_redacts_tokens_in_message_extras_and_exceptions(monkeypatch: py
     assert f"otaudit_{token_id}_[redacted]" in entries[0]["message"], "the id stays: it names the token, it is no secret"
     assert entries[0]["header"] == {"authorization": "Bearer [redacted]"}
     assert entries[3]["message"] == "plain text is kept: Bearer-less mention of otaudit tokens"
+
+
+def test_the_log_redacts_webhook_secrets() -> None:
+    from otaudit_collector.core.webhook_signature import new_secret
+    from otaudit_collector.logs import redact
+
+    secret = new_secret()
+    assert redact(f"a stream made with {secret} for https://siem") == "a stream made with whsec_[redacted] for https://siem"
+    assert secret[6:] not in redact(repr({"secret": secret}))
+    assert redact("whsec_ alone, and text without one") == "whsec_ alone, and text without one"

@@ -221,6 +221,78 @@ def _download(t: Trail) -> None:
         t.hidden(text)
 
 
+# Streams: the token's tenant only; a filter naming a category outside the plan is refused like a read
+# (delivery keeps to the plan, tests/streams/); a stream's answer holds no event.
+
+
+def _stream(t: Trail, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    body = {"name": f"s-{uuid.uuid4().hex[:8]}", "url": "http://127.0.0.1:9/never", "filter": {"category": "site_access"}}
+    made = requests.post(t.url + "/v1/streams", json=body, headers=t.acme if headers is None else headers, timeout=60)
+    assert made.status_code == 201, made.text
+    answer: dict[str, Any] = made.json()
+    return answer
+
+
+@guard("GET", "/v1/streams")
+def _streams(t: Trail) -> None:
+    mine, theirs = _stream(t), _stream(t, t.globex)
+    listed = t.get("/v1/streams")
+    assert mine["id"] in listed.text and theirs["id"] not in listed.text
+    t.hidden(listed.text)
+
+
+@guard("POST", "/v1/streams")
+def _create_stream(t: Trail) -> None:
+    body = {"name": "outside", "url": "http://127.0.0.1:9/never", "filter": {"category": [OUTSIDE]}}
+    _forbidden(requests.post(t.url + "/v1/streams", json=body, headers=t.acme, timeout=60))
+    body["filter"] = {"q": f"category:{OUTSIDE}"}
+    _forbidden(requests.post(t.url + "/v1/streams", json=body, headers=t.acme, timeout=60))
+    t.hidden(json.dumps(_stream(t)))
+
+
+@guard("GET", "/v1/streams/{id}")
+def _show_stream(t: Trail) -> None:
+    made = _stream(t)
+    assert t.get(f"/v1/streams/{made['id']}").status_code == 200
+    assert t.get(f"/v1/streams/{made['id']}", headers=t.globex).status_code == 404  # another tenant's stream
+    t.hidden(t.get(f"/v1/streams/{made['id']}").text)
+
+
+@guard("PATCH", "/v1/streams/{id}")
+def _change_stream(t: Trail) -> None:
+    made = _stream(t)
+    path = f"{t.url}/v1/streams/{made['id']}"
+    _forbidden(requests.patch(path, json={"filter": {"category": OUTSIDE}}, headers=t.acme, timeout=60))
+    assert requests.patch(path, json={"name": "x-other"}, headers=t.globex, timeout=60).status_code == 404
+    changed = requests.patch(path, json={"filter": {"event": "siteAccess"}}, headers=t.acme, timeout=60)
+    assert changed.status_code == 200
+    t.hidden(changed.text)
+
+
+@guard("DELETE", "/v1/streams/{id}")
+def _delete_stream(t: Trail) -> None:
+    made = _stream(t)
+    path = f"{t.url}/v1/streams/{made['id']}"
+    assert requests.delete(path, headers=t.globex, timeout=60).status_code == 404
+    assert requests.delete(path, headers=t.acme, timeout=60).status_code == 204
+
+
+def _stream_state(verb: str) -> Callable[[Trail], None]:
+    def check(t: Trail) -> None:
+        made = _stream(t)
+        path = f"{t.url}/v1/streams/{made['id']}/{verb}"
+        assert requests.post(path, headers=t.globex, timeout=60).status_code == 404
+        answer = requests.post(path, headers=t.acme, timeout=60)
+        assert answer.status_code == 200
+        t.hidden(answer.text)
+
+    return check
+
+
+GUARDS[("POST", "/v1/streams/{id}/pause")] = _stream_state("pause")
+GUARDS[("POST", "/v1/streams/{id}/resume")] = _stream_state("resume")
+
+
 # The log's routes: the tenant's own tree, hashes only; an inclusion proof names an event, so the plan applies.
 
 

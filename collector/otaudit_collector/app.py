@@ -26,6 +26,7 @@ from otaudit_collector.api.health import create_api_app
 from otaudit_collector.api.log import LogContext, add_log_routes
 from otaudit_collector.api.openapi import add_openapi_route
 from otaudit_collector.api.reads import ReadContext, add_read_routes
+from otaudit_collector.api.streams import add_stream_routes
 from otaudit_collector.api.web import add_web_routes
 from otaudit_collector.config import Settings
 from otaudit_collector.core.catalog import CatalogError, CatalogSet, bundled_catalog_dirs, catalog_fingerprint, load_catalogs
@@ -46,6 +47,7 @@ from otaudit_collector.storage.migrate import available_migrations
 from otaudit_collector.storage.retention import run_retention
 from otaudit_collector.storage.titles import store_titles_async
 from otaudit_collector.storage.writer import Writer
+from otaudit_collector.streams.service import Streams
 
 __all__ = ["Collector", "Endpoints", "catalog_dirs", "policy_from", "ensure_partitions"]
 
@@ -159,6 +161,7 @@ class Collector:
         self._pool: AsyncConnectionPool[Any] | None = None
         self._retention_stop = threading.Event()  # ends a retention run after its batch in progress
         self._schema_problem: str | None = None  # the database's schema is behind this collector's
+        self.streams = Streams(settings, conninfo, self.metrics)  # checks streams.declared before anything starts
 
     # -- readiness -------------------------------------------------------------------
 
@@ -241,6 +244,7 @@ class Collector:
         add_web_routes(api)
         exports = await self._exports(audit)
         add_export_routes(api, exports)
+        add_stream_routes(api, await self.streams.open(self._pool, audit))
         api_port = await self._serve(api, api_host, listen["api_port"])
         interval = float(self.settings.get("catalogs", "reload_interval_seconds"))
         if interval > 0:
@@ -250,6 +254,8 @@ class Collector:
         if self.settings.get("retention", "enabled"):
             self._tasks.append(asyncio.create_task(self._apply_retention(), name="otaudit-retention"))
         self._tasks.append(asyncio.create_task(self._export_runner(exports).run(), name="otaudit-exports"))
+        if self.settings.get("streams", "enabled"):
+            self._tasks.append(asyncio.create_task(self.streams.deliver(), name="otaudit-streams"))
         if self.integrity["enabled"]:
             self._tasks.append(asyncio.create_task(self._checkpoint_loop(), name="otaudit-checkpoints"))
             self._tasks.append(asyncio.create_task(self._catch_up_loop(), name="otaudit-log-catch-up"))
@@ -416,7 +422,9 @@ class Collector:
             async with self._pool.connection() as conn:
                 await store_titles_async(conn, self.catalogs)
         except psycopg.Error as exc:
-            log.warning("could not store the catalogs' event titles; CSV exports may lack them", extra={"trigger": why, "error": str(exc)})
+            log.warning(
+                "could not store the catalogs' event titles; CSV exports may lack them", extra={"trigger": why, "error": str(exc)}
+            )
 
     async def _watch_catalogs(self, interval: float) -> None:
         seen = self.catalogs.fingerprint

@@ -20,6 +20,7 @@ from otaudit_collector.core.catalog import CatalogError, Problem, lint_catalogs,
 from otaudit_collector.core.query import BadFilter
 from otaudit_collector.logs import setup_logging
 from otaudit_collector.storage.database import NoDatabase
+from otaudit_collector.stream_command import add_stream_parser
 from otaudit_collector.verify_command import add_verify_parser
 
 __all__ = ["main", "build_parser"]
@@ -142,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     importing.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     add_verify_parser(commands, with_config)
+    add_stream_parser(commands)
 
     retention = commands.add_parser("retention", help="delete what the tenants' plans no longer keep").add_subparsers(
         dest="action", required=True, metavar="ACTION"
@@ -210,6 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return import_command(args, _settings)
         if args.command == "verify":
             return _verify(args)
+        if args.command == "stream":
+            from otaudit_collector.stream_command import stream_command
+
+            return stream_command(args)
     except BadFilter as exc:
         print(f"otaudit: {exc}", file=sys.stderr)
         return 2

@@ -38,10 +38,14 @@ _TOKEN = re.compile(r"(otaudit_[0-9A-Fa-f]{1,12}_)[A-Za-z0-9_\-]+")
 _BEARER = re.compile(r"(?i)(bearer)(?:\s+|\\x[0-9a-f]{2}|\\[tn])+([^\s'\"]+)")
 REDACTED = "[redacted]"
 _REDACTED_TOKEN = re.compile(r"otaudit_[0-9A-Fa-f]{1,12}_\[redacted\]")
+_WEBHOOK_SECRET = re.compile(r"whsec_[A-Za-z0-9_\-]+")  # a stream's secret (core/webhook_signature.py)
 
 
 def redact(text: str) -> str:
-    """``text`` without token secrets or bearer credentials (the token's id is kept: it is no secret)."""
+    """``text`` without token secrets, webhook secrets or bearer credentials (the token's id is
+    kept: it is no secret)."""
+    if "whsec_" in text:
+        text = _WEBHOOK_SECRET.sub("whsec_" + REDACTED, text)
     if "otaudit_" not in text and "earer" not in text.lower():
         return text
     text = _TOKEN.sub(lambda m: m[1] + REDACTED, text)

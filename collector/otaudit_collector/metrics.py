@@ -8,7 +8,9 @@ is counted as stored once its transaction has committed, not before.
 
 Label values come from small fixed sets (``TRANSPORTS``, ``REQUEST_OUTCOMES``,
 ``core.prepare.REJECT_REASONS``, ...) or from the categories of the loaded catalogs: never
-an event id, a tenant, a token, an attribute's value or an error's text.
+an event id, a tenant, a token, an attribute's value or an error's text. The one exception
+is the streams' metrics: each stream is labeled with its tenant and id (an operator watches
+each one), and only the collector delivering a stream reports it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ __all__ = [
     "PoolStats",
     "REQUEST_OUTCOMES",
     "RETENTION_OUTCOMES",
+    "STREAM_STATES",
     "RequestTimer",
     "TRANSPORTS",
     "UNKNOWN_CATEGORY",
@@ -54,6 +57,8 @@ client went away."""
 EXPORT_STREAM_OUTCOMES = ("success", "failure", "busy", "unavailable")
 RETENTION_OUTCOMES = ("done", "stopped", "skipped", "failed")
 EXPORT_JOB_STATES = ("done", "failed")
+STREAM_STATES = ("delivering", "retrying")
+"""A stream this collector delivers: up to date or sending (delivering), or failing and backing off (retrying)."""
 UNKNOWN_CATEGORY = "unknown"
 """The category label of a rejected record that names no loaded category."""
 
@@ -242,6 +247,39 @@ class Metrics:
             registry=r,
         )
 
+        # -- streams (labeled by tenant and stream id; only while this collector delivers the stream) --
+        stream = ["tenant", "stream"]
+        self.stream_state = Gauge(
+            "otaudit_stream_state",
+            "1 for the state of each stream this collector delivers: delivering or retrying (failing, backing off).",
+            [*stream, "state"],
+            registry=r,
+        )
+        self.stream_cursor = Gauge(
+            "otaudit_stream_cursor", "The last seq a stream delivered (or passed over).", stream, registry=r
+        )
+        self.stream_lag_events = Gauge(
+            "otaudit_stream_lag_events", "Events of the tenant committed after the stream's cursor.", stream, registry=r
+        )
+        self.stream_lag_seconds = Gauge(
+            "otaudit_stream_lag_seconds",
+            "How long ago the oldest event after the stream's cursor was received.",
+            stream,
+            registry=r,
+        )
+        self.stream_delivered = Counter(
+            "otaudit_stream_delivered", "Records a stream's destination took, delivered by this collector.", stream, registry=r
+        )
+        self.stream_failed = Counter(
+            "otaudit_stream_failed", "Delivery attempts of a stream that failed (each is retried).", stream, registry=r
+        )
+        self.stream_last_success = Gauge(
+            "otaudit_stream_last_success_timestamp_seconds",
+            "When a batch of the stream last arrived, in Unix seconds.",
+            stream,
+            registry=r,
+        )
+
         for transport in TRANSPORTS:
             self.records_received.labels(transport)
         for transport in ("grpc", "http"):
@@ -280,6 +318,27 @@ class Metrics:
         if outcome in ("done", "stopped"):
             self.retention_last_run.set(now())
 
+    def stream_status(self, tenant: str, stream_id: str, state: str) -> None:
+        """Say which of ``STREAM_STATES`` a stream this collector delivers is in."""
+        for name in STREAM_STATES:
+            self.stream_state.labels(tenant, stream_id, name).set(1 if name == state else 0)
+
+    def forget_stream(self, tenant: str, stream_id: str) -> None:
+        """A stream this collector no longer delivers: its series go (the collector now delivering it reports it)."""
+        for gauge in (self.stream_cursor, self.stream_lag_events, self.stream_lag_seconds, self.stream_last_success):
+            _remove(gauge, tenant, stream_id)
+        for counter in (self.stream_delivered, self.stream_failed):
+            _remove(counter, tenant, stream_id)
+        for name in STREAM_STATES:
+            _remove(self.stream_state, tenant, stream_id, name)
+
     def render(self) -> bytes:
         """The exposition of every metric, in the Prometheus text format (``CONTENT_TYPE``)."""
         return generate_latest(self.registry)
+
+
+def _remove(metric: Gauge | Counter, *labels: str) -> None:
+    try:
+        metric.remove(*labels)
+    except KeyError:
+        pass  # never set

@@ -164,6 +164,11 @@ def _resolve_paths(doc: Mapping[str, Any], base: Path) -> None:
     catalogs = doc.get("catalogs")
     if isinstance(catalogs, dict) and isinstance(catalogs.get("dirs"), list):
         catalogs["dirs"] = [_absolute(d, base) for d in catalogs["dirs"]]
+    streams = doc.get("streams")
+    if isinstance(streams, dict) and isinstance(streams.get("declared"), list):
+        for declared in streams["declared"]:
+            if isinstance(declared, dict) and "folder" in declared:
+                declared["folder"] = _absolute(declared["folder"], base)
 
 
 def _problems(validator: jsonschema.Draft202012Validator, doc: Mapping[str, Any], origins: Mapping[str, str]) -> list[str]:

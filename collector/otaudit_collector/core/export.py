@@ -27,6 +27,7 @@ from otaudit_collector.core.query import DOCUMENT_SQL, BadFilter
 
 __all__ = [
     "Format",
+    "is_unicode",
     "FORMATS",
     "CSV_COLUMNS",
     "XLSX_CONTENT_TYPE",
@@ -168,7 +169,7 @@ def filters_from_body(body: Any) -> tuple[Format, bool, dict[str, list[str]]]:
                 raise BadFilter(key, "must be an RFC 3339 time (a string) or Unix seconds (a number or a string)")
         if not all(isinstance(v, str) for v in values):
             raise BadFilter(key, "must be a string or a list of strings")
-        if not all(_is_unicode(v) for v in values):  # JSON's "\ud800": nothing PostgreSQL or an audit event can hold
+        if not all(is_unicode(v) for v in values):  # JSON's "\ud800": nothing PostgreSQL or an audit event can hold
             raise BadFilter(key, "contains a lone surrogate (an unpaired \\ud800-\\udfff escape); send valid Unicode text")
         params[key] = list(values)
     bom = body.get("bom", False)
@@ -327,7 +328,9 @@ class StreamSlots:
             self._held.pop(tenant, None)
 
 
-def _is_unicode(text: str) -> bool:
+def is_unicode(text: str) -> bool:
+    """Whether ``text`` is valid Unicode: JSON's ``"\\ud800"`` decodes to a lone surrogate, which
+    neither PostgreSQL nor an audit event can hold."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
