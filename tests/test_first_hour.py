@@ -20,6 +20,7 @@ from test_sdk_delivery import client_for, record_good
 
 import otaudit_sdk as audit
 from otaudit_collector._text import plural
+from otaudit_collector.core.catalog import bundled_catalog_dirs, load_catalogs
 
 # The environment of a newcomer's shell: no otaudit settings, no XDG_RUNTIME_DIR (ssh, cron, a container).
 CLEAN = {k: v for k, v in os.environ.items() if not k.startswith(("OTAUDIT_", "GRPC_")) and k != "XDG_RUNTIME_DIR"}
@@ -96,7 +97,9 @@ def test_serve_writes_only_json_lines_to_stderr_at_start_and_stop(tmp_path: Path
         except ValueError:
             pytest.fail(f"a line on stderr is not JSON: {line!r}\n{stderr}")
     assert "RuntimeDirWarning" not in stderr and "fork_posix" not in stderr
-    assert "5 categories, 115 events" in "".join(banner)
+    bundled = load_catalogs(bundled_catalog_dirs())  # the banner names what was loaded: the bundled catalogs
+    events = sum(len(c.events) for c in bundled.categories.values())
+    assert f"{len(bundled.categories)} categories, {events} events" in "".join(banner)
 
 
 # -- flush() --------------------------------------------------------------------------------------
