@@ -48,6 +48,8 @@ class StreamsContext:
 
 
 STREAMS: web.AppKey[StreamsContext] = web.AppKey("streams", StreamsContext)
+API_KINDS = ("webhook", "otlp", "syslog")
+"""What a tenant's admin may make; file streams write on the collector's disk: the operator declares them."""
 
 
 def add_stream_routes(app: web.Application, ctx: StreamsContext) -> None:
@@ -185,12 +187,12 @@ async def _create(request: web.Request) -> web.Response:
     ctx = request.app[STREAMS]
     principal = principal_of(request)
     try:
-        spec = parse_new(await _json_body(request), now=dt.datetime.now(dt.UTC), kinds=("webhook",), check_url=ctx.check_url)
+        spec = parse_new(await _json_body(request), now=dt.datetime.now(dt.UTC), kinds=API_KINDS, check_url=ctx.check_url)
     except BadStream as exc:
         return _bad(exc)
     _check_plan(request, spec.filter)
     stream_id = store.new_id()
-    secret = new_secret()
+    secret = new_secret() if spec.kind == "webhook" else spec.given_secret  # a webhook's is made here, shown once
     details = {"start": spec.start.describe()}
     probe = {"id": stream_id, "name": spec.name, "kind": spec.kind, "settings": spec.settings, "filter": spec.filter}
     ctx.audit.check(**_event(request, "createStream", probe, "", **details))  # else 503: no stream the trail does not show
@@ -201,7 +203,7 @@ async def _create(request: web.Request) -> web.Response:
                 tenant=principal.tenant,
                 stream_id=stream_id,
                 spec=spec,
-                secret=encrypt_secret(ctx.secrets_key, principal.tenant, stream_id, secret),
+                secret=encrypt_secret(ctx.secrets_key, principal.tenant, stream_id, secret) if secret is not None else None,
                 by=principal.token_id,
             )
         except store.NameTaken:
@@ -212,7 +214,7 @@ async def _create(request: web.Request) -> web.Response:
             **_event(request, "createStream", row, f"stream {spec.name} made, delivering to {_destination(row)}", **details)
         )
     ctx.wake.set()
-    answer = {**stream_view(row), "secret": secret}
+    answer = {**stream_view(row), **({"secret": secret} if spec.kind == "webhook" else {})}
     return web.json_response(answer, status=201, headers={"Location": f"/v1/streams/{stream_id}"})
 
 

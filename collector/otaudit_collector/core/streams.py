@@ -58,13 +58,20 @@ __all__ = [
 
 FILTER_TERMS = ("category", "event", "actor", "target_type", "target_id", "outcome", "q")
 """The filters a stream takes: those of GET /v1/events but the time range (its start says where it begins)."""
-KINDS = ("webhook", "file")
+KINDS = ("webhook", "file", "otlp", "syslog")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _NAME_HELP = "1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit"
 RETRY_AFTER_LIMIT_SECONDS = 3600.0
 """A receiver's Retry-After is honoured up to an hour: one answer cannot stop a stream for longer."""
-_WEBHOOK_FIELDS = {"timeout_seconds"}
-_FILE_FIELDS = {"folder", "rotate_seconds", "rotate_bytes"}
+_FIELDS = {
+    "webhook": {"url", "timeout_seconds"},
+    "file": {"folder", "rotate_seconds", "rotate_bytes"},
+    "otlp": {"endpoint", "protocol", "timeout_seconds", "auth_header", "auth"},
+    "syslog": {"host", "port", "tls", "timeout_seconds"},
+}
+"""Each kind's settings; ``auth`` (an OTLP receiver's credential) is a secret, stored encrypted."""
+_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\]")
+_HEADER = re.compile(r"[A-Za-z0-9-]{1,64}")
 
 
 class BadStream(ValueError):
@@ -98,13 +105,15 @@ class Start:
 
 @dataclass(frozen=True, slots=True)
 class Spec:
-    """A new stream. ``settings``: the destination's non-secret settings (url, folder, rotation)."""
+    """A new stream. ``settings``: the destination's non-secret settings (url, folder, rotation);
+    ``given_secret``: a credential the maker gave (an OTLP receiver's), never shown again."""
 
     name: str
     kind: str
     settings: dict[str, Any]
     filter: dict[str, list[str]]
     start: Start = Start("now")
+    given_secret: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +212,42 @@ def _settings(
             settings["url"] = url
         if "timeout_seconds" in body:
             settings["timeout_seconds"] = float(_number(body, "timeout_seconds", 0.1, 300))
+    elif kind == "otlp":
+        endpoint = body.get("endpoint")
+        if endpoint is not None or not partial:
+            if not isinstance(endpoint, str) or not endpoint:
+                raise BadStream("endpoint", "an otlp stream needs the receiver's URL, e.g. https://otel.example.com:4318")
+            problem = check_url(endpoint) if check_url is not None else None
+            if problem:
+                raise BadStream("endpoint", problem)
+            settings["endpoint"] = endpoint
+        protocol = body.get("protocol")
+        if protocol is not None or not partial:
+            if (protocol or "http") not in ("grpc", "http"):
+                raise BadStream("protocol", 'must be "grpc" or "http" (OTLP/HTTP protobuf, the default)')
+            settings["protocol"] = protocol or "http"
+        if "auth_header" in body:
+            if not isinstance(body["auth_header"], str) or not _HEADER.fullmatch(body["auth_header"]):
+                raise BadStream("auth_header", "must be a header name (letters, digits, '-'), e.g. Authorization or dd-api-key")
+            settings["auth_header"] = body["auth_header"]
+        if "timeout_seconds" in body:
+            settings["timeout_seconds"] = float(_number(body, "timeout_seconds", 0.1, 300))
+    elif kind == "syslog":
+        host = body.get("host")
+        if host is not None or not partial:
+            if not isinstance(host, str) or not _HOST.fullmatch(host):
+                raise BadStream("host", "a syslog stream needs the receiver's host name or address, e.g. siem.example.com")
+            settings["host"] = host
+        if "port" in body or not partial:
+            if "port" not in body:
+                raise BadStream("port", "a syslog stream needs the receiver's TCP port, e.g. 6514 (TLS) or 601")
+            settings["port"] = int(_number(body, "port", 1, 65535, whole=True))
+        if "tls" in body:
+            if not isinstance(body["tls"], bool):
+                raise BadStream("tls", "must be true (RFC 5425, TLS) or false (plain TCP)")
+            settings["tls"] = body["tls"]
+        if "timeout_seconds" in body:
+            settings["timeout_seconds"] = float(_number(body, "timeout_seconds", 0.1, 300))
     else:
         folder = body.get("folder")
         if folder is not None or not partial:
@@ -216,7 +261,7 @@ def _settings(
     return settings
 
 
-_COMMON = {"name", "kind", "filter", "start", "url", *_WEBHOOK_FIELDS, *_FILE_FIELDS}
+_COMMON = {"name", "kind", "filter", "start"}.union(*_FIELDS.values())
 
 
 def parse_new(
@@ -241,15 +286,19 @@ def parse_new(
             "kind",
             "file streams write on the collector's disk: an operator declares them in the configuration (streams.declared)",
         )
-    extra = (_FILE_FIELDS if kind == "webhook" else {"url", *_WEBHOOK_FIELDS}) & set(spec)
+    extra = set(spec) - {"name", "kind", "filter", "start"} - _FIELDS[kind]
     if extra:
         raise BadStream(sorted(extra)[0], f"is not a setting of a {kind} stream")
+    given = spec.get("auth")
+    if given is not None and (not isinstance(given, str) or not given or not given.isprintable() or not is_unicode(given)):
+        raise BadStream("auth", "must be the credential's text, e.g. 'Bearer otaudit_...' for another otaudit")
     return Spec(
         name=name,
         kind=kind,
         settings=_settings(kind, spec, check_url),
         filter=filter_terms(spec.get("filter")),
         start=parse_start(spec.get("start"), now=now),
+        given_secret=given,
     )
 
 
@@ -257,10 +306,12 @@ def parse_change(body: Any, kind: str, *, check_url: Callable[[str], str | None]
     """What ``PATCH /v1/streams/{id}`` changes: ``name``, ``filter``, and the destination's settings.
     The kind, the start and the secret stay (make a new stream for another)."""
     spec = _object(body, '{"filter": {"category": ["site_access"]}}')
-    allowed = {"name", "filter", *(("url", *_WEBHOOK_FIELDS) if kind == "webhook" else _FILE_FIELDS)}
+    allowed = {"name", "filter", *(_FIELDS[kind] - {"auth"})}
     for key in spec:
         if key not in allowed:
-            why = "it cannot change; make a new stream" if key in ("kind", "start", "secret", "format") else "unknown field"
+            why = (
+                "it cannot change; make a new stream" if key in ("kind", "start", "secret", "format", "auth") else "unknown field"
+            )
             raise BadStream(str(key), f"{why} (a change takes {', '.join(sorted(allowed))})")
     if not spec:
         raise BadStream("body", f"names nothing to change (a change takes {', '.join(sorted(allowed))})")
@@ -300,8 +351,12 @@ def parse_declared(items: Sequence[Mapping[str, Any]], *, environ: Mapping[str, 
                 if not secret:
                     raise BadStream("secret_env", f"the environment variable {variable} is not set")
                 secret_bytes(secret)  # ValueError saying what a secret looks like
+            elif spec.kind == "otlp" and item.get("secret_env"):  # the receiver's credential, if it wants one
+                secret = environ.get(item["secret_env"])
+                if not secret:
+                    raise BadStream("secret_env", f"the environment variable {item['secret_env']} is not set")
             elif "secret_env" in item:
-                raise BadStream("secret_env", "only a webhook stream has a secret")
+                raise BadStream("secret_env", "only a webhook or otlp stream has a secret")
         except (BadStream, BadFilter, ValueError) as exc:
             part = getattr(exc, "field", None) or getattr(exc, "parameter", None) or "secret_env"  # secret_bytes' ValueError
             said = str(exc).split(": ", 1)[1] if isinstance(exc, BadStream | BadFilter) else str(exc)

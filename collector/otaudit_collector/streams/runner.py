@@ -80,6 +80,29 @@ def make_transport(row: Mapping[str, Any], key: bytes) -> Transport:
             stream_id=row["id"],
             timeout_seconds=float(settings.get("timeout_seconds", 10.0)),
         )
+    if row["kind"] == "otlp":
+        from otaudit_collector.streams.otlp import OtlpTransport
+
+        headers = {}
+        if row["secret"] is not None:  # the receiver's credential, e.g. "Bearer otaudit_..." for another otaudit
+            headers[settings.get("auth_header", "Authorization")] = decrypt_secret(
+                key, row["tenant"], row["id"], bytes(row["secret"])
+            )
+        return OtlpTransport(
+            settings["endpoint"],
+            protocol=settings.get("protocol", "http"),
+            headers=headers,
+            timeout_seconds=float(settings.get("timeout_seconds", 10.0)),
+        )
+    if row["kind"] == "syslog":
+        from otaudit_collector.streams.syslog import SyslogTransport
+
+        return SyslogTransport(
+            settings["host"],
+            int(settings["port"]),
+            tls=bool(settings.get("tls", False)),
+            timeout_seconds=float(settings.get("timeout_seconds", 10.0)),
+        )
     from otaudit_collector.streams.files import FileTransport
 
     options: dict[str, Any] = {}
