@@ -8,6 +8,9 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
+from stream_helpers import quick_settings
+from stream_receiver import Receiver
+from support import RunningCollector
 
 
 @pytest.fixture
@@ -19,3 +22,19 @@ def second_db(pg_server: str, template_db: str) -> Iterator[str]:
     yield make_conninfo(pg_server, dbname=name)
     with psycopg.connect(pg_server, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver that checks every signature (stream_receiver.py)."""
+    hook = Receiver()
+    yield hook
+    hook.stop()
+
+
+@pytest.fixture
+def running(db: str) -> Iterator[RunningCollector]:
+    """A collector on ``db`` that delivers streams within moments (stream_helpers.quick_settings)."""
+    collector = RunningCollector(quick_settings(db))
+    yield collector
+    collector.stop()

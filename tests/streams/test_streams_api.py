@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -20,20 +19,6 @@ from support import RunningCollector, rows, wait_until
 from otaudit_collector.config import ConfigError
 
 SECRET = "whsec_" + "s" * 43
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    hook = Receiver()
-    yield hook
-    hook.stop()
-
-
-@pytest.fixture
-def running(db: str) -> Iterator[RunningCollector]:
-    collector = RunningCollector(quick_settings(db))
-    yield collector
-    collector.stop()
 
 
 def _error(answer: requests.Response, status: int, code: str, *words: str) -> None:

@@ -6,31 +6,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
-import pytest
 import requests
 from stream_helpers import INVENTORY, Api, ingest, quick_settings, set_plan, token
 from stream_receiver import Receiver
 from support import RunningCollector, rows, wait_until
 
 BASIC = ("site_access", "accounts_configuration", "data_extraction")
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    hook = Receiver()
-    yield hook
-    hook.stop()
-
-
-@pytest.fixture
-def running(db: str) -> Iterator[RunningCollector]:
-    collector = RunningCollector(quick_settings(db))
-    yield collector
-    collector.stop()
 
 
 def head(conninfo: str, tenant: str = "acme") -> int:

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 import requests
+from rsyslogd import Rsyslog, free_port
 from stream_helpers import Api, ingest, quick_settings, token
 from support import RunningCollector, count, rows, settings_for, wait_until
-from test_syslog import Rsyslog, free_port
 
 from otaudit_collector.core.query import DOCUMENT_SQL
 

@@ -6,143 +6,18 @@ writes what rsyslog parsed of each message, one line each, to a file the test re
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import ipaddress
 import json
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from rsyslogd import WAIT_SECONDS, Rsyslog, free_port
+from tls_files import certificates
 
 from otaudit_collector.streams.syslog import SyslogTransport
 from otaudit_collector.streams.transport import Batch, DeliveryFailed, Record
 
 pytestmark = pytest.mark.slow
-
-RSYSLOGD = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
-SEP = "\x1f|"  # between the properties in a line of the output file
-WAIT_SECONDS = 30.0  # the most a test waits for rsyslogd to start or to write (not a timing assertion)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Rsyslog:
-    """One rsyslogd on 127.0.0.1:port, writing to ``out``; restartable on the same port."""
-
-    def __init__(self, directory: Path, port: int, tls: tuple[Path, Path, Path] | None) -> None:
-        self.directory = directory
-        self.port = port
-        self.out = directory / "out.log"
-        self.conf = directory / "rsyslog.conf"
-        (directory / "work").mkdir(exist_ok=True)
-        driver = ""
-        module = 'module(load="imtcp")'
-        if tls is not None:
-            ca, cert, key = tls
-            driver = f'global(defaultNetstreamDriverCAFile="{ca}" defaultNetstreamDriverCertFile="{cert}" defaultNetstreamDriverKeyFile="{key}")\n'
-            module = 'module(load="imtcp" streamDriver.name="gtls" streamDriver.mode="1" streamDriver.authMode="anon")'
-        properties = ["timereported:::date-rfc3339", "pri", "hostname", "app-name", "procid", "msgid", "structured-data", "msg"]
-        line = SEP.join(f"%{name}%" for name in properties)
-        self.conf.write_text(
-            f'global(workDirectory="{directory / "work"}" maxMessageSize="64k")\n'
-            f"{driver}{module}\n"
-            f'template(name="fields" type="string" string="{line}\\n")\n'
-            f'input(type="imtcp" port="{port}" address="127.0.0.1" supportOctetCountedFraming="on" ruleset="keep")\n'
-            f'ruleset(name="keep") {{ action(type="omfile" file="{self.out}" template="fields") }}\n'
-        )
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = (self.directory / "rsyslogd.stderr").open("ab")
-        self.process = subprocess.Popen(
-            [RSYSLOGD, "-n", "-f", str(self.conf), "-i", str(self.directory / "rsyslogd.pid")],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + WAIT_SECONDS
-        while True:
-            if self.process.poll() is not None:
-                raise AssertionError(f"rsyslogd exited: {(self.directory / 'rsyslogd.stderr').read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise AssertionError("rsyslogd does not listen") from None
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(WAIT_SECONDS)
-        self.process = None
-
-    def lines(self, count: int) -> list[list[str]]:
-        """The first ``count`` messages rsyslogd wrote, each as its properties."""
-        deadline = time.monotonic() + WAIT_SECONDS
-        while True:
-            text = self.out.read_text("utf-8") if self.out.exists() else ""
-            lines = text.splitlines()
-            if len(lines) >= count or time.monotonic() > deadline:
-                return [line.split(SEP) for line in lines]
-            time.sleep(0.05)
-
-
-def certificates(directory: Path) -> tuple[Path, Path, Path]:
-    """A CA, and a certificate it issued for localhost and 127.0.0.1 with its key (PEM files)."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "otaudit test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = (directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return paths
 
 
 @pytest.fixture

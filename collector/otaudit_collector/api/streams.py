@@ -90,6 +90,17 @@ def _declared(row: dict[str, Any]) -> web.Response:
     )
 
 
+async def _changeable(conn: Any, tenant: str, stream_id: str) -> dict[str, Any] | web.Response:
+    """The tenant's stream, locked for a change, or the answer when it cannot change here: 404
+    when there is none, 409 when the configuration declares it."""
+    row = await store.get(conn, tenant, stream_id, lock=True)
+    if row is None:
+        return _not_found(stream_id)
+    if row["declared"]:
+        return _declared(row)
+    return row
+
+
 def stream_view(row: dict[str, Any], lag: store.Lag | None = None) -> dict[str, Any]:
     """A stream as the API shows it: never its secret."""
 
@@ -224,11 +235,9 @@ async def _change(request: web.Request) -> web.Response:
     ctx = request.app[STREAMS]
     principal, stream_id = principal_of(request), request.match_info["id"]
     async with request.app[READS].pool.connection() as conn, conn.transaction():
-        row = await store.get(conn, principal.tenant, stream_id, lock=True)
-        if row is None:
-            return _not_found(stream_id)
-        if row["declared"]:
-            return _declared(row)
+        row = await _changeable(conn, principal.tenant, stream_id)
+        if isinstance(row, web.Response):
+            return row
         try:
             change = parse_change(await _json_body(request), row["kind"], check_url=ctx.check_url)
         except BadStream as exc:
@@ -264,11 +273,9 @@ async def _set_state(request: web.Request, state: str) -> web.Response:
     principal, stream_id = principal_of(request), request.match_info["id"]
     verb = "pause" if state == "paused" else "resume"
     async with request.app[READS].pool.connection() as conn, conn.transaction():
-        row = await store.get(conn, principal.tenant, stream_id, lock=True)
-        if row is None:
-            return _not_found(stream_id)
-        if row["declared"]:
-            return _declared(row)
+        row = await _changeable(conn, principal.tenant, stream_id)
+        if isinstance(row, web.Response):
+            return row
         if row["state"] != state:
             ctx.audit.check(**_event(request, "updateStream", row, "", change=verb))
             changed = await store.set_state(conn, principal.tenant, stream_id, state, principal.token_id)
@@ -297,11 +304,9 @@ async def _delete(request: web.Request) -> web.Response:
     ctx = request.app[STREAMS]
     principal, stream_id = principal_of(request), request.match_info["id"]
     async with request.app[READS].pool.connection() as conn, conn.transaction():
-        row = await store.get(conn, principal.tenant, stream_id, lock=True)
-        if row is None:
-            return _not_found(stream_id)
-        if row["declared"]:
-            return _declared(row)
+        row = await _changeable(conn, principal.tenant, stream_id)
+        if isinstance(row, web.Response):
+            return row
         ctx.audit.check(**_event(request, "deleteStream", row, ""))
         await store.delete(conn, principal.tenant, stream_id)
         await ctx.audit.record(
