@@ -22,6 +22,7 @@ import jsonschema
 import jsonschema_rs
 
 from otaudit_collector._resources import bundled_dir
+from otaudit_collector.core.ocsf import Hint, check_hint
 
 __all__ = [
     "CatalogError",
@@ -67,6 +68,8 @@ class EventDef:
     description: str
     deprecated: bool
     title: str
+    ocsf: Hint = field(default_factory=Hint)
+    """How a stream of format ``ocsf`` writes it (core/ocsf.py): the event's hint over its category's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,11 @@ class CatalogSet:
         """What the catalog of ``doc``'s category marks as personal, besides the envelope's fields."""
         category = self.categories.get(doc.get("category"))  # type: ignore[arg-type]
         return category.personal if category is not None else ()
+
+    def event(self, category: Any, event: Any) -> EventDef | None:
+        """The definition of an event, if a loaded catalog has it."""
+        found = self.categories.get(category) if isinstance(category, str) else None
+        return found.events.get(event) if found is not None and isinstance(event, str) else None
 
     def check(self, doc: dict[str, Any]) -> Refusal | None:
         """Validate a normalized event; fill in its category when the event name implies it.
@@ -279,6 +287,9 @@ def _lint_file(
         problems.append(Problem(name, "$.category", f"'{doc['category']}' must match the file name '{path.stem}.json'"))
     for event, spec in doc["events"].items():
         where = f"$.events['{event}']"
+        wrong = check_hint(doc.get("ocsf"), spec.get("ocsf"))
+        if wrong:
+            problems.append(Problem(name, f"{where}.ocsf", wrong))
         composed = compose(envelope, spec["schema"])
         invalid = False
         if not _fragment_meta().is_valid(spec["schema"]):  # the compiled check is fast; the rich one says where
@@ -326,7 +337,12 @@ def load_catalogs(dirs: Sequence[Path]) -> CatalogSet:
         events = {}
         for event, spec in doc["events"].items():
             events[event] = EventDef(
-                category_id, event, spec["description"], bool(spec.get("deprecated", False)), spec.get("title") or event
+                category_id,
+                event,
+                spec["description"],
+                bool(spec.get("deprecated", False)),
+                spec.get("title") or event,
+                Hint.resolve(doc.get("ocsf"), spec.get("ocsf")),
             )
             validators[(category_id, event)] = jsonschema_rs.validator_for(
                 compose(envelope, spec["schema"]), validate_formats=True

@@ -11,9 +11,9 @@ and ``seq`` so a receiver can drop repeats.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = ["Batch", "DeliveryFailed", "Record", "Transport"]
 
@@ -21,11 +21,14 @@ __all__ = ["Batch", "DeliveryFailed", "Record", "Transport"]
 @dataclass(frozen=True, slots=True)
 class Record:
     """One event: its ``seq`` in the tenant's trail, its id, and the record as the stream's
-    format writes it (for the ``otaudit`` format: the event's JSON document with ``seq``)."""
+    format writes it (for the ``otaudit`` format: the event's JSON document with ``seq``).
+    ``document``: the stored document itself, when the text is another format of it (what a
+    syslog header reads its event name and outcome from)."""
 
     seq: int
     id: str
     text: str
+    document: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +39,8 @@ class Batch:
     tenant: str
     stream_id: str
     records: Sequence[Record]
+    format: str = "otaudit"
+    """The records' format (core/streams.py's FORMATS)."""
 
     @property
     def first_seq(self) -> int:
