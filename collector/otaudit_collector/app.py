@@ -161,7 +161,7 @@ class Collector:
         self._pool: AsyncConnectionPool[Any] | None = None
         self._retention_stop = threading.Event()  # ends a retention run after its batch in progress
         self._schema_problem: str | None = None  # the database's schema is behind this collector's
-        self.streams = Streams(settings, conninfo, self.metrics)  # checks streams.declared before anything starts
+        self.streams = Streams(settings, conninfo, self.metrics, lambda: self.catalogs)  # checks streams.declared before anything starts
 
     # -- readiness -------------------------------------------------------------------
 

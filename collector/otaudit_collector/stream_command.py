@@ -44,6 +44,9 @@ def add_stream_parser(commands: Any) -> None:
     create.add_argument(
         "--start", default="now", help="now (default), seq:N (that event on), or a time (RFC 3339 or Unix seconds): a backfill"
     )
+    create.add_argument(
+        "--format", choices=("otaudit", "ocsf"), default="otaudit", help="each record: otaudit's event document, or an OCSF event"
+    )
     action("list", "the tenant's streams and their health", with_id=False)
     action("show", "one stream's health: state, cursor, lag, counts, last success and last error")
     action("pause", "pause a stream; its cursor stays")
@@ -90,10 +93,14 @@ def _call(method: str, url: str, token: str, body: Mapping[str, Any] | None = No
 def _line(stream: Mapping[str, Any]) -> str:
     health = "ok" if not stream["attempts"] else f"RETRYING ({stream['attempts']} failed): {stream['last_error']}"
     lag = f"lag {stream['lag_events']} events / {stream['lag_seconds']} s" if stream.get("lag_events") is not None else ""
-    where = stream["destination"].get("url") or stream["destination"].get("folder", "")
+    destination = stream["destination"]
+    where = destination.get("url") or destination.get("endpoint") or destination.get("folder", "")
+    if stream["kind"] == "syslog":
+        where = f"{destination.get('host')}:{destination.get('port')}{' (TLS)' if destination.get('tls') else ''}"
     declared = " (declared)" if stream["declared"] else ""
+    kind = stream["kind"] if stream.get("format", "otaudit") == "otaudit" else f"{stream['kind']}/{stream['format']}"
     return (
-        f"{stream['id']}  {stream['name']}{declared}  {stream['kind']} {where}  {stream['state']}  cursor {stream['cursor']}"
+        f"{stream['id']}  {stream['name']}{declared}  {kind} {where}  {stream['state']}  cursor {stream['cursor']}"
         f"  {lag}  delivered {stream['delivered']}  {health}"
     )
 
@@ -103,6 +110,7 @@ def _show(stream: Mapping[str, Any]) -> str:
         "id",
         "name",
         "kind",
+        "format",
         "state",
         "declared",
         "destination",
@@ -136,7 +144,13 @@ def stream_command(args: argparse.Namespace, out: Callable[[str], None] = print)
             filters = {name.replace("-", "_"): values for name in _FILTERS if (values := getattr(args, name.replace("-", "_")))}
             if args.q:
                 filters["q"] = args.q
-            body = {"name": args.name, "url": args.webhook, "filter": filters, "start": start_from_text(args.start)}
+            body = {
+                "name": args.name,
+                "url": args.webhook,
+                "filter": filters,
+                "start": start_from_text(args.start),
+                "format": args.format,
+            }
             made = _call("POST", base, token, body)
             if args.json:
                 out(json.dumps(made))

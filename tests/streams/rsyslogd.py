@@ -25,7 +25,8 @@ def free_port() -> int:
 class Rsyslog:
     """One rsyslogd on 127.0.0.1:port, writing to ``out``; restartable on the same port."""
 
-    def __init__(self, directory: Path, port: int, tls: tuple[Path, Path, Path] | None) -> None:
+    def __init__(self, directory: Path, port: int, tls: tuple[Path, Path, Path] | None, config: str | None = None) -> None:
+        """``config``: rsyslog.conf statements to run instead of the fields-to-``out`` ones (a workDirectory is added)."""
         self.directory = directory
         self.port = port
         self.out = directory / "out.log"
@@ -46,6 +47,8 @@ class Rsyslog:
             f'input(type="imtcp" port="{port}" address="127.0.0.1" supportOctetCountedFraming="on" ruleset="keep")\n'
             f'ruleset(name="keep") {{ action(type="omfile" file="{self.out}" template="fields") }}\n'
         )
+        if config is not None:
+            self.conf.write_text(f'global(workDirectory="{directory / "work"}")\n{config}')
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

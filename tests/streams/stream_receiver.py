@@ -27,6 +27,7 @@ class Receiver:
     batches: list[list[dict[str, Any]]] = field(default_factory=list)  # taken, in arrival order
     refused: list[list[dict[str, Any]]] = field(default_factory=list)
     bad_signatures: int = 0
+    formats: list[str | None] = field(default_factory=list)  # each taken batch's Otaudit-Format header
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -68,6 +69,7 @@ class Receiver:
                 headers = {"Retry-After": self.retry_after} if self.retry_after else None
                 return web.Response(status=self.status, text=self.body or "down for maintenance", headers=headers)
             self.batches.append(records)
+            self.formats.append(request.headers.get("Otaudit-Format"))
         return web.Response(status=200)
 
     def records(self) -> list[dict[str, Any]]:

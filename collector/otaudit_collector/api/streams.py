@@ -151,9 +151,11 @@ def _check_plan(request: web.Request, terms: dict[str, list[str]]) -> None:
 def _destination(row: dict[str, Any]) -> str:
     """Where a stream delivers, for its audit event: a URL without its query (which may hold a token)."""
     settings = row["settings"]
-    if row["kind"] == "webhook":
-        parts = urlsplit(settings.get("url", ""))
-        return f"{parts.scheme}://{parts.netloc}{parts.path}"
+    if row["kind"] in ("webhook", "otlp"):
+        parts = urlsplit(settings.get("url") or settings.get("endpoint") or "")
+        return f"{parts.scheme}://{parts.netloc}{parts.path}" if parts.scheme else str(settings.get("endpoint", ""))
+    if row["kind"] == "syslog":
+        return f"syslog{'+tls' if settings.get('tls') else ''}://{settings.get('host', '')}:{settings.get('port', '')}"
     return str(settings.get("folder", ""))
 
 
@@ -204,7 +206,7 @@ async def _create(request: web.Request) -> web.Response:
     _check_plan(request, spec.filter)
     stream_id = store.new_id()
     secret = new_secret() if spec.kind == "webhook" else spec.given_secret  # a webhook's is made here, shown once
-    details = {"start": spec.start.describe()}
+    details = {"start": spec.start.describe(), "format": spec.format}
     probe = {"id": stream_id, "name": spec.name, "kind": spec.kind, "settings": spec.settings, "filter": spec.filter}
     ctx.audit.check(**_event(request, "createStream", probe, "", **details))  # else 503: no stream the trail does not show
     async with request.app[READS].pool.connection() as conn, conn.transaction():

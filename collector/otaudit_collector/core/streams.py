@@ -39,6 +39,7 @@ __all__ = [
     "Change",
     "DeclaredSpec",
     "FILTER_TERMS",
+    "FORMATS",
     "KINDS",
     "RETRY_AFTER_LIMIT_SECONDS",
     "SecretUnreadable",
@@ -59,6 +60,9 @@ __all__ = [
 FILTER_TERMS = ("category", "event", "actor", "target_type", "target_id", "outcome", "q")
 """The filters a stream takes: those of GET /v1/events but the time range (its start says where it begins)."""
 KINDS = ("webhook", "file", "otlp", "syslog")
+FORMATS = ("otaudit", "ocsf")
+"""Record formats: otaudit's own event document (with ``seq``), or an OCSF event (core/ocsf.py).
+An OTLP stream sends OTel log records with otaudit's attributes: it takes no format."""
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _NAME_HELP = "1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit"
 RETRY_AFTER_LIMIT_SECONDS = 3600.0
@@ -114,6 +118,8 @@ class Spec:
     filter: dict[str, list[str]]
     start: Start = Start("now")
     given_secret: str | None = field(default=None, repr=False)
+    format: str = "otaudit"
+    """The records' format (``FORMATS``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +267,7 @@ def _settings(
     return settings
 
 
-_COMMON = {"name", "kind", "filter", "start"}.union(*_FIELDS.values())
+_COMMON = {"name", "kind", "filter", "start", "format"}.union(*_FIELDS.values())
 
 
 def parse_new(
@@ -286,9 +292,16 @@ def parse_new(
             "kind",
             "file streams write on the collector's disk: an operator declares them in the configuration (streams.declared)",
         )
-    extra = set(spec) - {"name", "kind", "filter", "start"} - _FIELDS[kind]
+    extra = set(spec) - {"name", "kind", "filter", "start", "format"} - _FIELDS[kind]
     if extra:
         raise BadStream(sorted(extra)[0], f"is not a setting of a {kind} stream")
+    fmt = spec.get("format", "otaudit")
+    if kind == "otlp" and "format" in spec:
+        raise BadStream(
+            "format", "an otlp stream sends OTel log records with otaudit's attributes; formats are for webhook, file and syslog"
+        )
+    if fmt not in FORMATS:
+        raise BadStream("format", f"must be one of {', '.join(FORMATS)} (otaudit, the default: the event's own document)")
     given = spec.get("auth")
     if given is not None and (not isinstance(given, str) or not given or not given.isprintable() or not is_unicode(given)):
         raise BadStream("auth", "must be the credential's text, e.g. 'Bearer otaudit_...' for another otaudit")
@@ -299,6 +312,7 @@ def parse_new(
         filter=filter_terms(spec.get("filter")),
         start=parse_start(spec.get("start"), now=now),
         given_secret=given,
+        format=fmt,
     )
 
 

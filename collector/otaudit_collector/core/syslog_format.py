@@ -22,7 +22,8 @@ One message per record::
   Values escape ``"``, ``\\`` and ``]`` with a backslash (RFC 5424 6.3.3); control characters are
   left out of them (the MSG keeps the exact values).
 - MSG: the UTF-8 BOM, then the record's text (for the ``otaudit`` format: the event's JSON
-  document with ``seq``), unchanged.
+  document with ``seq``; for ``ocsf``: the OCSF event), unchanged. The header's values come
+  from the stored document in either format.
 
 Framing: ``MSG-LEN SP SYSLOG-MSG``, MSG-LEN the message's length in octets, so no byte of the
 message can end it early. A record whose text holds a line break or a NUL is refused
@@ -36,7 +37,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Final, Protocol
@@ -83,6 +84,9 @@ class RecordLike(Protocol):
 
     @property
     def text(self) -> str: ...
+
+    @property
+    def document(self) -> Mapping[str, Any] | None: ...
 
 
 def _printusascii(text: str) -> str:
@@ -158,7 +162,7 @@ def _param_value(value: str) -> str:
     return kept.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
 
 
-def _text(document: dict[str, Any], key: str) -> str | None:
+def _text(document: Mapping[str, Any], key: str) -> str | None:
     value = document.get(key)
     return value if isinstance(value, str) else None
 
@@ -188,11 +192,13 @@ class SyslogFormat:
             raise ValueError(
                 f"record seq {record.seq} holds a line break or a NUL: a syslog stream sends JSON records, one a message"
             )
-        try:
-            parsed = json.loads(record.text)
-        except ValueError:
-            parsed = None
-        document: dict[str, Any] = parsed if isinstance(parsed, dict) else {}
+        parsed: Any = record.document  # the stored document when the text is another format of it (OCSF)
+        if parsed is None:
+            try:
+                parsed = json.loads(record.text)
+            except ValueError:
+                parsed = None
+        document: Mapping[str, Any] = parsed if isinstance(parsed, Mapping) else {}
         outcome = _text(document, "outcome")
         category = _text(document, "category")
         msgid = _printusascii(_text(document, "event") or "")[:MSGID_MAX] or NILVALUE

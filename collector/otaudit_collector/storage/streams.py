@@ -116,13 +116,14 @@ async def create(
         try:
             row = await _one(
                 conn,
-                "INSERT INTO streams (tenant, id, name, kind, settings, filter, secret, declared, cursor, created_by, updated_by)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *",
+                "INSERT INTO streams (tenant, id, name, kind, format, settings, filter, secret, declared, cursor, created_by,"
+                " updated_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *",
                 (
                     tenant,
                     stream_id,
                     spec.name,
                     spec.kind,
+                    spec.format,
                     json.dumps(spec.settings),
                     json.dumps(spec.filter),
                     secret,
@@ -350,12 +351,14 @@ async def sync_declared(
                 )
             continue
         held = opened(item.tenant, item.id, bytes(row["secret"])) if row["secret"] is not None else None
-        if (row["kind"], row["settings"], row["filter"], held) != (spec.kind, spec.settings, spec.filter, item.secret):
+        now = (row["kind"], row["format"], row["settings"], row["filter"], held)
+        if now != (spec.kind, spec.format, spec.settings, spec.filter, item.secret):
             await conn.execute(
-                "UPDATE streams SET kind = %s, settings = %s, filter = %s, secret = %s, version = version + 1,"
+                "UPDATE streams SET kind = %s, format = %s, settings = %s, filter = %s, secret = %s, version = version + 1,"
                 " updated_at = now(), updated_by = 'config' WHERE tenant = %s AND id = %s",
                 (
                     spec.kind,
+                    spec.format,
                     json.dumps(spec.settings),
                     json.dumps(spec.filter),
                     seal(item.tenant, item.id, item.secret) if item.secret is not None else None,

@@ -22,19 +22,21 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
+from otaudit_collector.core.catalog import CatalogSet
 from otaudit_collector.core.plans import Plan, clamp_since
 from otaudit_collector.core.query import parse_filters, where_sql
 from otaudit_collector.core.streams import SecretUnreadable, backoff_seconds, decrypt_secret, delivery_categories
 from otaudit_collector.core.webhook_signature import secret_bytes
 from otaudit_collector.metrics import Metrics
 from otaudit_collector.storage import streams as store
+from otaudit_collector.streams.formats import render
 from otaudit_collector.streams.transport import Batch, DeliveryFailed, Record, Transport
 
 __all__ = ["RunnerSettings", "StreamRunner", "make_transport"]
@@ -59,6 +61,8 @@ class RunnerSettings:
     lease_seconds: float = 30.0
     backoff_max_seconds: float = 300.0
     metrics: Metrics = field(default_factory=Metrics)
+    catalogs: Callable[[], CatalogSet | None] = lambda: None
+    """The catalogs in force (a stream of format ``ocsf`` reads its events' OCSF classes there)."""
 
 
 class _Stop(Exception):
@@ -210,6 +214,7 @@ class StreamRunner:
         tenant, stream_id, version = row["tenant"], row["id"], row["version"]
         cursor: int = row["cursor"]
         attempts: int = row["attempts"]
+        fmt: str = row["format"]
         metrics = self.s.metrics
         pending: tuple[list[Record], int] | None = None
         while True:
@@ -222,6 +227,12 @@ class StreamRunner:
                     continue
                 where, params = self._where(tenant, row["filter"], plan)
                 records, upto = await store.read_batch(conn, tenant, cursor, where, params, self.s.batch_records)
+                try:
+                    records = list(render(records, fmt, self.s.catalogs))
+                except ValueError as exc:  # cannot happen to what the database wrote; never skipped if it does
+                    attempts += 1
+                    await self._failed(conn, row, None, str(exc), attempts)
+                    continue
                 if not records:
                     if upto > cursor:  # events the filter or the plan leave out: passed over
                         await self._advance(conn, row, cursor, upto, 0)
@@ -232,7 +243,7 @@ class StreamRunner:
                 pending = (records, upto)
             records, upto = pending
             try:
-                await self._send(conn, transport, Batch(tenant, stream_id, records), version)
+                await self._send(conn, transport, Batch(tenant, stream_id, records, fmt), version)
             except (asyncio.CancelledError, _Stop, psycopg.Error):
                 raise
             except DeliveryFailed as exc:

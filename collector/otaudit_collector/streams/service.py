@@ -10,7 +10,7 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from otaudit_collector.api.streams import StreamsContext
 from otaudit_collector.config import ConfigError, Settings
+from otaudit_collector.core.catalog import CatalogSet
 from otaudit_collector.core.plans import plans_from
 from otaudit_collector.core.streams import BadStream, DeclaredSpec, decrypt_secret, encrypt_secret, parse_declared, secrets_key
 from otaudit_collector.metrics import Metrics
@@ -36,10 +37,13 @@ DECLARED_SYNC_SECONDS = 60.0
 class Streams:
     """Made before the collector starts anything, so a bad ``streams.declared`` stops the start."""
 
-    def __init__(self, settings: Settings, conninfo: str, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, conninfo: str, metrics: Metrics, catalogs: Callable[[], CatalogSet | None] = lambda: None
+    ) -> None:
         self.settings = settings
         self.conninfo = conninfo
         self.metrics = metrics
+        self.catalogs = catalogs
         self.declared = _declared(settings)
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"  # whose lease a stream's is
         self._pool: AsyncConnectionPool[Any] | None = None
@@ -90,6 +94,7 @@ class Streams:
             lease_seconds=float(config["lease_seconds"]),
             backoff_max_seconds=float(config["backoff_max_seconds"]),
             metrics=self.metrics,
+            catalogs=self.catalogs,
         )
 
     async def _sync_declared(self, key: bytes, declared: Sequence[DeclaredSpec]) -> None:

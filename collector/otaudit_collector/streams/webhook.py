@@ -8,6 +8,7 @@ headers say what it is::
     Otaudit-Stream: <stream id>
     Otaudit-Tenant: <tenant>
     Otaudit-Seq-Range: <first seq>-<last seq>
+    Otaudit-Format: otaudit | ocsf                             (what each line is)
     Idempotency-Key: <stream id>:<first seq>-<last seq>
     User-Agent: otaudit-collector
 
@@ -154,6 +155,7 @@ class WebhookTransport:
             "Otaudit-Stream": self._stream_id,
             "Otaudit-Tenant": batch.tenant,
             "Otaudit-Seq-Range": seq_range,
+            "Otaudit-Format": batch.format,
             "Idempotency-Key": f"{self._stream_id}:{seq_range}",
         }
         session = self._open_session()
