@@ -342,6 +342,42 @@ def _proof(t: Trail) -> None:
     assert t.get(f"/v1/events/{t.too_old}/proof").status_code == 404  # (c)
 
 
+def _mint(t: Trail, headers: dict[str, str], **body: Any) -> requests.Response:
+    return requests.post(t.url + "/v1/viewer-tokens", json={"for": "Ann", **body}, headers=headers, timeout=60)
+
+
+@guard("POST", "/v1/viewer-tokens")
+def _viewer_tokens(t: Trail) -> None:
+    """A viewer token reads its minting token's tenant only, within the plan; it can only narrow."""
+    made = _mint(t, t.acme)
+    assert made.status_code == 201 and made.json()["tenant"] == "acme", made.text
+    viewer = {"Authorization": f"Bearer {made.json()['token']}"}
+    answer = t.get("/v1/events", headers=viewer, since="2000-01-01T00:00:00Z", limit=1000)
+    assert answer.status_code == 200 and t.readable in answer.text
+    t.hidden(answer.text)
+    _forbidden(t.get("/v1/events", headers=viewer, category=OUTSIDE))
+    assert t.get(f"/v1/events/{t.other_tenant}", headers=viewer).status_code == 404
+    assert t.get(f"/v1/events/{t.too_old}", headers=viewer).status_code == 404
+    refused = _mint(t, t.acme, categories=[OUTSIDE])
+    assert refused.status_code == 400 and OUTSIDE in refused.json()["message"], refused.text
+    assert _mint(t, t.acme, tenant="globex").status_code == 400  # the tenant is the minting token's, never named
+    theirs = _mint(t, t.globex)
+    assert theirs.status_code == 201 and theirs.json()["tenant"] == "globex"
+    other = {"Authorization": f"Bearer {theirs.json()['token']}"}
+    assert t.readable not in t.get("/v1/events", headers=other).text
+
+
+@guard("POST", "/v1/viewer-tokens/revoke")
+def _viewer_revoke(t: Trail) -> None:
+    """Revoking acme's viewer tokens stops acme's, not globex's."""
+    mine = {"Authorization": f"Bearer {_mint(t, t.acme).json()['token']}"}
+    theirs = {"Authorization": f"Bearer {_mint(t, t.globex).json()['token']}"}
+    revoked = requests.post(t.url + "/v1/viewer-tokens/revoke", headers=t.acme, timeout=60)
+    assert revoked.status_code == 200 and revoked.json()["tenant"] == "acme", revoked.text
+    assert t.get("/v1/whoami", headers=mine).status_code == 401
+    assert t.get("/v1/whoami", headers=theirs).status_code == 200
+
+
 def _open(path: str) -> Callable[[Trail], None]:
     def check(t: Trail) -> None:
         answer = requests.get(t.url + path, timeout=60)

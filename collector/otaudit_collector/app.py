@@ -27,6 +27,8 @@ from otaudit_collector.api.log import LogContext, add_log_routes
 from otaudit_collector.api.openapi import add_openapi_route
 from otaudit_collector.api.reads import ReadContext, add_read_routes
 from otaudit_collector.api.streams import add_stream_routes
+from otaudit_collector.api.viewer import ViewerContext, add_viewer_routes
+from otaudit_collector.api.viewer_auth import ViewerKeys
 from otaudit_collector.api.web import add_web_routes
 from otaudit_collector.config import Settings
 from otaudit_collector.core.catalog import CatalogError, CatalogSet, bundled_catalog_dirs, catalog_fingerprint, load_catalogs
@@ -237,6 +239,15 @@ class Collector:
                     self.settings.token_pepper, float(self.settings.get("auth", "token_cache_seconds")), time.monotonic
                 ),
                 details_prefix_keys=frozenset(self.settings.get("search", "details_prefix_keys")),
+                viewers=ViewerKeys(self.settings.token_pepper, float(self.settings.get("auth", "token_cache_seconds"))),
+            ),
+        )
+        add_viewer_routes(
+            api,
+            ViewerContext(
+                audit,
+                float(self.settings.get("viewer", "default_minutes")),
+                float(self.settings.get("viewer", "max_minutes")),
             ),
         )
         add_log_routes(api, LogContext(self._pool, lambda: self.log_keys))

@@ -176,7 +176,7 @@ class SelfAudit:
             "audit.category": category,
             "audit.tenant.id": p.tenant,
             "audit.outcome": outcome,
-            "audit.actor.type": access.actor_type,
+            "audit.actor.type": "user" if p.role == "viewer" else access.actor_type,  # a viewer token is for a person
             "user.id": p.token_id,
             "user.name": bounded("actor.name", p.name, self._limit("user_name")),
             "user.roles": [p.role],
@@ -264,6 +264,8 @@ class Sessions:
         now = time.monotonic()
         if not self.due(token_id):
             return False
+        if access.principal.role == "viewer":  # no row of its own: its session is its life, opened once here
+            return await self._viewer_session(access, now)
         cur = await conn.execute(
             "UPDATE tokens t SET last_seen_at = now() FROM (SELECT id, last_seen_at FROM tokens WHERE id = %s FOR UPDATE) b"
             " WHERE t.id = b.id RETURNING b.last_seen_at, b.last_seen_at IS NULL OR b.last_seen_at < now() - %s * interval '1 minute'",
@@ -288,4 +290,21 @@ class Sessions:
             await conn.execute("UPDATE tokens SET last_seen_at = %s WHERE id = %s", (row[0], token_id))
             await conn.commit()
             raise
+        return True
+
+    async def _viewer_session(self, access: Access, now: float) -> bool:
+        """A viewer token's first request on this replica opens its session (``siteAccess`` with
+        method ``viewer_token``, the person it is for as the actor); it lives minutes, so once is enough."""
+        token_id = access.principal.token_id
+        if len(self._seen) >= 65536:  # viewer tokens come and go: forget the oldest sessions first
+            for old in list(self._seen)[: len(self._seen) // 2]:
+                del self._seen[old]
+        await self._audit.record(
+            event="siteAccess",
+            category="site_access",
+            access=access,
+            details={"method": "viewer_token"},
+            message=f"viewer session opened for {access.principal.name} with viewer token {token_id}",
+        )
+        self._seen[token_id] = now + 10 * 365 * 86400  # not due again while this replica runs
         return True

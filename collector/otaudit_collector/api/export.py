@@ -31,7 +31,7 @@ from typing import Any
 import psycopg
 from aiohttp import web
 
-from otaudit_collector.api.reads import READS, error, iso, plan_filters, principal_of
+from otaudit_collector.api.reads import READS, error, iso, plan_filters, principal_of, scoped_terms
 from otaudit_collector.core.export import (
     FILTER_PARAMETERS,
     FORMATS,
@@ -115,11 +115,19 @@ def access_of(request: web.Request) -> Access:
     return Access(principal_of(request), request.remote, request.headers.get("User-Agent"))
 
 
-def _require_admin(request: web.Request) -> web.Response | None:
-    """Exporting is admin-only; so are export jobs' status and download URLs, which hand the export out."""
-    if principal_of(request).role != "admin":
-        return error(403, "forbidden", "an auditor token reads the trail but cannot export it; use an admin token")
-    return None
+def _require_admin(request: web.Request, *, viewer_may: bool = False) -> web.Response | None:
+    """Exporting is admin-only; so are export jobs' status and download URLs, which hand the export out.
+    ``viewer_may``: a viewer token made with ``export`` may too (the streamed export, within its scope)."""
+    principal = principal_of(request)
+    if principal.role == "admin":
+        return None
+    if principal.role == "viewer":
+        scope = principal.scope
+        if viewer_may and scope is not None and scope.export:
+            return None
+        why = "was made without export" if viewer_may else "exports through GET /v1/export only; export jobs need an admin token"
+        return error(403, "viewer_forbids", f"this viewer token {why}")
+    return error(403, "forbidden", "an auditor token reads the trail but cannot export it; use an admin token")
 
 
 def _busy(ctx: ExportContext, why: str) -> web.Response:
@@ -157,13 +165,13 @@ def _resolve(request: web.Request, params: dict[str, list[str]]) -> tuple[list[s
 
 
 async def _export(request: web.Request) -> web.StreamResponse:
-    refused = _require_admin(request)
+    refused = _require_admin(request, viewer_may=True)
     if refused is not None:
         return refused
     ctx = request.app[EXPORTS]
     fmt = format_named(request.query.get("format"))
     bom = _flag(request.query.get("bom"), "bom")
-    params = _query_filters(request)
+    params = scoped_terms(request, _query_filters(request))
     categories, effective, notice = _resolve(request, params)
     tenant = principal_of(request).tenant
     where, where_params = where_sql(tenant, categories, parse_filters(effective))

@@ -23,6 +23,7 @@ import psycopg
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
+from otaudit_collector.api.viewer_auth import ViewerKeys
 from otaudit_collector.core.catalog import CatalogSet
 from otaudit_collector.core.errors import IngestError
 from otaudit_collector.core.plans import (
@@ -35,8 +36,18 @@ from otaudit_collector.core.plans import (
     upgrade_for,
     window_start,
 )
-from otaudit_collector.core.query import DOCUMENT_SQL, MAX_LIMIT, BadFilter, Filters, encode_cursor, events_sql, parse_filters
+from otaudit_collector.core.query import (
+    DOCUMENT_SQL,
+    MAX_LIMIT,
+    BadFilter,
+    Filters,
+    encode_cursor,
+    events_sql,
+    parse_filters,
+    where_sql,
+)
 from otaudit_collector.core.tokens import Principal, TokenCache, bearer_credential
+from otaudit_collector.core.viewer_tokens import InvalidViewerToken, is_viewer_token
 from otaudit_collector.selfaudit import Access, Sessions
 from otaudit_collector.storage.access import authenticate_async
 
@@ -53,6 +64,9 @@ __all__ = [
     "plan_of",
     "readable_categories",
     "readable_event",
+    "require_role",
+    "scoped_terms",
+    "ViewerForbids",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,6 +81,7 @@ class ReadContext:
     catalogs: Callable[[], CatalogSet]
     sessions: Sessions | None = None  # records each API session (self-audit); None records none
     tokens: TokenCache | None = None  # recently checked tokens; None looks each one up
+    viewers: ViewerKeys | None = None  # tenants' viewer key generations; None refuses viewer tokens
     details_prefix_keys: frozenset[str] = frozenset()  # details keys with a prefix index (search.details_prefix_keys)
 
 
@@ -131,7 +146,16 @@ async def _authenticated(
     if token is None:
         return error(401, "unauthorized", "send 'Authorization: Bearer <token>'", **{"WWW-Authenticate": "Bearer"})
     ctx = request.app[READS]
-    principal = await _authenticate(ctx, token)
+    if is_viewer_token(token):
+        try:
+            if ctx.viewers is None:
+                raise InvalidViewerToken("the viewer token is unknown or revoked")
+            principal: Principal | None = await ctx.viewers.principal(ctx.pool, token)
+        except InvalidViewerToken as exc:
+            code = "token_expired" if exc.expired else "unauthorized"
+            return error(401, code, str(exc), **{"WWW-Authenticate": "Bearer"})
+    else:
+        principal = await _authenticate(ctx, token)
     if principal is None:
         return error(401, "unauthorized", "the token is unknown or revoked", **{"WWW-Authenticate": "Bearer"})
     if principal.role == "ingest":
@@ -150,6 +174,8 @@ async def _authenticated(
         return error(400, "bad_filter", str(exc))
     except PlanForbids as exc:
         return error(403, "plan_forbids", str(exc))
+    except ViewerForbids as exc:
+        return error(403, "viewer_forbids", str(exc))
 
 
 async def _authenticate(ctx: ReadContext, token: str) -> Principal | None:
@@ -192,12 +218,52 @@ def plan_of(request: web.Request) -> Plan:
     return plan
 
 
+class ViewerForbids(Exception):
+    """A viewer token asked for more than its scope (403 ``viewer_forbids``)."""
+
+
 def readable_categories(request: web.Request, plan: Plan, requested: list[str]) -> list[str] | None:
-    """The categories to read; None for every category (a plan with '*' and no filter)."""
+    """The categories to read; None for every category (a plan with '*' and no filter). A
+    viewer token's categories narrow them: naming another is refused, and those the plan no
+    longer reads (a downgrade since it was made) are left out."""
     ctx = request.app[READS]
+    scope = request[_PRINCIPAL].scope
+    if scope is not None and scope.categories is not None:
+        outside = [c for c in requested if c not in scope.categories]
+        if outside:
+            raise ViewerForbids(f"category '{outside[0]}' is not in this viewer token (it reads {', '.join(scope.categories)})")
+        if not requested:
+            return [c for c in scope.categories if plan.reads(c)]
     if not requested and "*" in plan.categories:
         return None
     return allowed_categories(plan, ctx.plans, ctx.catalogs().categories, requested)
+
+
+def scoped_terms(request: web.Request, terms: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Filter terms with a viewer token's fixed actor and target in them: asking for another is
+    refused (403), asking for none gets the token's."""
+    scope = request[_PRINCIPAL].scope
+    fixed = scope.filter_terms() if scope is not None else {}
+    if not fixed:
+        return terms
+    # What the request asks for, its q terms included: a q term on the same key would be OR-ed
+    # with the token's value (any of them matches), so it must be the token's own too.
+    asked = parse_filters(terms).equal
+    out = dict(terms)
+    for key, forced in fixed.items():
+        given = asked.get(key)
+        if given and set(given) != set(forced):
+            raise ViewerForbids(f"this viewer token reads only the events of {key} '{forced[0]}'")
+        out[key] = forced
+    return out
+
+
+def require_role(request: web.Request, *roles: str, what: str) -> web.Response | None:
+    """403 unless the token's role is one of ``roles``; ``what``: the action, for the message."""
+    role = request[_PRINCIPAL].role
+    if role in roles:
+        return None
+    return error(403, "forbidden", f"a token of role {role} cannot {what}; use a token of role {' or '.join(roles)}")
 
 
 def plan_filters(request: web.Request, filters: Filters) -> tuple[Plan, list[str] | None, str | None]:
@@ -230,7 +296,8 @@ def iso(when: dt.datetime) -> str:
 async def _events(request: web.Request) -> web.Response:
     ctx = request.app[READS]
     principal = request[_PRINCIPAL]
-    filters = parse_filters({key: request.query.getall(key) for key in request.query}, indexed_details=ctx.details_prefix_keys)
+    terms = scoped_terms(request, {key: request.query.getall(key) for key in request.query})
+    filters = parse_filters(terms, indexed_details=ctx.details_prefix_keys)
     plan, categories, notice = plan_filters(request, filters)
     rows = await _page(ctx, principal.tenant, categories, filters)
     cursor = encode_cursor(rows[-1][0], rows[-1][1]) if len(rows) == filters.limit else None
@@ -275,7 +342,26 @@ async def readable_event(request: web.Request, columns: str) -> tuple[Any, ...] 
             f" query window of {plan.query_window_days} days",
         )
     check_readable(row[0], plan, ctx.plans)
+    if principal.scope is not None and not await _in_scope(request, row[0]):  # as if absent: not this viewer's
+        return error(404, "not_found", f"no event {request.match_info['id']!r} that this viewer token reads")
     return tuple(row[2:])
+
+
+async def _in_scope(request: web.Request, category: str) -> bool:
+    """Whether the event ``{id}`` is within the viewer token's scope (its categories, actor, target)."""
+    ctx = request.app[READS]
+    principal = request[_PRINCIPAL]
+    scope = principal.scope
+    assert scope is not None
+    if scope.categories is not None and category not in scope.categories:
+        return False
+    terms = scope.filter_terms()
+    if not terms:
+        return True
+    where, params = where_sql(principal.tenant, None, parse_filters(terms))
+    async with ctx.pool.connection() as conn:
+        cur = await conn.execute(f"SELECT 1 FROM events WHERE {where} AND id = %s LIMIT 1", [*params, request.match_info["id"]])
+        return await cur.fetchone() is not None
 
 
 async def _event(request: web.Request) -> web.Response:
@@ -307,8 +393,9 @@ async def _feed(request: web.Request) -> web.Response:
     plan = plan_of(request)
     categories = readable_categories(request, plan, [])
     earliest = window_start(plan, dt.datetime.now(dt.UTC))
-    where = "tenant = %s AND seq > %s" + ("" if categories is None else " AND category = ANY(%s)")
-    params: list[Any] = [principal.tenant, after] + ([] if categories is None else [categories])
+    where, params = where_sql(principal.tenant, categories, parse_filters(scoped_terms(request, {})))
+    where += " AND seq > %s"
+    params.append(after)
     if earliest is not None:  # events older than the plan's window are skipped, like those of unreadable categories
         where += " AND occurred_at >= %s"
         params.append(earliest)
@@ -332,6 +419,12 @@ def _int_param(request: web.Request, name: str, default: int, *, minimum: int, m
     return value
 
 
+def _readable_here(request: web.Request, plan: Plan, category: str) -> bool:
+    """Whether this token reads ``category``: its plan does, and a viewer token's scope too."""
+    scope = principal_of(request).scope
+    return plan.reads(category) and (scope is None or scope.categories is None or category in scope.categories)
+
+
 def _plan_answer(request: web.Request) -> dict[str, Any]:
     plan = plan_of(request)
     loaded = sorted(request.app[READS].catalogs().categories)
@@ -339,7 +432,7 @@ def _plan_answer(request: web.Request) -> dict[str, Any]:
         "tenant": principal_of(request).tenant,
         "plan": plan.name,
         "description": plan.description,
-        "categories": [c for c in loaded if plan.reads(c)],
+        "categories": [c for c in loaded if _readable_here(request, plan, c)],
         "retention_days": plan.retention_days,
         "retention": retention_text(plan.retention_days),
         "query_window_days": plan.query_window_days,
@@ -364,6 +457,8 @@ async def _whoami(request: web.Request) -> web.Response:
     principal = principal_of(request)
     answer = _plan_answer(request)
     answer.update({"token_id": principal.token_id, "role": principal.role, "name": principal.name})
+    if principal.scope is not None:
+        answer["viewer"] = principal.scope.as_json()
     return web.json_response(answer)
 
 
@@ -372,7 +467,7 @@ async def _catalog(request: web.Request) -> web.Response:
     plan = plan_of(request)
     out = []
     for category in sorted(ctx.catalogs().categories.values(), key=lambda c: c.id):
-        available = plan.reads(category.id)
+        available = _readable_here(request, plan, category.id)
         upgrade = None if available else upgrade_for(category.id, ctx.plans)
         out.append(
             {

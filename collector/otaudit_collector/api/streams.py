@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from otaudit_collector.api.reads import READS, error, iso, plan_of, principal_of, readable_categories
+from otaudit_collector.api.reads import READS, error, iso, plan_of, principal_of, readable_categories, require_role
 from otaudit_collector.core.query import parse_filters
 from otaudit_collector.core.streams import BadStream, encrypt_secret, parse_change, parse_new
 from otaudit_collector.core.webhook_signature import check_url, new_secret
@@ -67,11 +67,8 @@ def add_stream_routes(app: web.Application, ctx: StreamsContext) -> None:
 
 
 def _refused(request: web.Request) -> web.Response | None:
-    if principal_of(request).role != "admin":
-        return error(
-            403, "forbidden", "streams deliver the trail out of otaudit: an auditor token cannot manage them; use an admin token"
-        )
-    return None
+    """Streams deliver the trail out of otaudit: only an admin token sees or manages them."""
+    return require_role(request, "admin", what="see or manage streams, which deliver the trail out of otaudit")
 
 
 def _bad(exc: Exception) -> web.Response:

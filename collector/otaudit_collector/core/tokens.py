@@ -16,9 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from otaudit_collector.core.viewer_tokens import ViewerScope
+
 __all__ = ["ROLES", "Principal", "TokenCache", "bearer_credential", "new_token", "parse_token", "secret_hash", "secret_matches"]
 
 ROLES: Final = ("admin", "auditor", "ingest")
+"""The roles of stored tokens; a viewer token (core/viewer_tokens.py) acts as role ``viewer``."""
 
 _TOKEN = re.compile(r"otaudit_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 
@@ -33,6 +36,8 @@ class Principal:
     name: str
     plan: str | None = None
     """The tenant's plan as stored; None when it has none yet (the default plan applies)."""
+    scope: ViewerScope | None = None
+    """A viewer token's narrowing (role ``viewer``); None for the other roles."""
 
 
 def new_token() -> tuple[str, str, str]:
