@@ -26,6 +26,9 @@ from psycopg.conninfo import make_conninfo
 from support import RunningCollector, settings_for, wait_until
 from test_api_reads import ACCESS, GROUP, ROLE, send, token
 
+from otaudit_collector.core.viewer_tokens import mint as viewer_mint
+from otaudit_collector.core.viewer_tokens import root_key, signing_key, unverified_claims
+
 DOCUMENT = json.loads(files("otaudit_collector.api").joinpath("openapi.json").read_text(encoding="utf-8"))
 MINE = {"actor": "u-17", "target": {"type": "role", "id": "r-3"}}
 
@@ -316,6 +319,13 @@ def test_an_expired_forged_or_revoked_token_is_refused_and_says_why(trail: Trail
     for forged in (f"{prefix}.{forged_claims}.{signature}", text[:-2] + "AA", text + "x", "otaudit-viewer.e30.AA"):
         answer = requests.get(url + "/v1/events", headers={"Authorization": f"Bearer {forged}"}, timeout=30)
         assert answer.status_code == 401 and answer.json()["error"] == "unauthorized", answer.text
+
+    # Knowing the code, the tenant and the (here empty) pepper is not enough to mint: the key's root is random.
+    real = unverified_claims(text)
+    for root in (b"", root_key(b"", ""), root_key(bytes(32), "")):  # b"": a key from the pepper alone
+        guessed = viewer_mint(real, signing_key(root, "acme", real.generation))
+        answer = requests.get(url + "/v1/whoami", headers={"Authorization": f"Bearer {guessed}"}, timeout=30)
+        assert answer.status_code == 401, answer.text
 
     live = bearer(mint(url, trail.admin))
     assert requests.post(url + "/v1/viewer-tokens/revoke", headers=trail.admin, timeout=30).status_code == 200

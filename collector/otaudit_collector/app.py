@@ -36,6 +36,7 @@ from otaudit_collector.core.export import signing_key
 from otaudit_collector.core.normalize import Policy
 from otaudit_collector.core.plans import plans_from
 from otaudit_collector.core.tokens import TokenCache
+from otaudit_collector.core.viewer_tokens import root_key
 from otaudit_collector.http_server import LIMITS, BoundedSite
 from otaudit_collector.integrity import LogKeys, Witnesses, load_log_keys, make_checkpoints
 from otaudit_collector.metrics import Metrics
@@ -239,7 +240,7 @@ class Collector:
                     self.settings.token_pepper, float(self.settings.get("auth", "token_cache_seconds")), time.monotonic
                 ),
                 details_prefix_keys=frozenset(self.settings.get("search", "details_prefix_keys")),
-                viewers=ViewerKeys(self.settings.token_pepper, float(self.settings.get("auth", "token_cache_seconds"))),
+                viewers=ViewerKeys(await self._viewer_root(), float(self.settings.get("auth", "token_cache_seconds"))),
             ),
         )
         add_viewer_routes(
@@ -271,6 +272,16 @@ class Collector:
             self._tasks.append(asyncio.create_task(self._checkpoint_loop(), name="otaudit-checkpoints"))
             self._tasks.append(asyncio.create_task(self._catch_up_loop(), name="otaudit-log-catch-up"))
         return Endpoints((host, grpc_port), (host, http_port), (api_host, api_port))
+
+    async def _viewer_root(self) -> bytes:
+        """The root of the viewer keys: the database's random key mixed with the pepper."""
+        assert self._pool is not None
+        async with self._pool.connection() as conn:
+            cur = await conn.execute("SELECT secret FROM server_keys WHERE name = 'viewer_tokens'")
+            row = await cur.fetchone()
+        if row is None:
+            raise RuntimeError("the database has no viewer token key: run 'otaudit migrate'")
+        return root_key(bytes(row[0]), self.settings.token_pepper)
 
     async def _exports(self, audit: SelfAudit) -> ExportContext:
         config = self.settings.get("exports")

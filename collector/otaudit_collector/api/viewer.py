@@ -71,7 +71,8 @@ async def _mint(request: web.Request) -> web.Response:
         )
     except BadViewerRequest as exc:
         return error(400, "bad_viewer_token", str(exc))
-    token = mint(claims, signing_key(reads.pepper, claims.tenant, claims.generation))
+    assert reads.viewers is not None, "add_viewer_routes needs ReadContext.viewers"
+    token = mint(claims, signing_key(reads.viewers.root, claims.tenant, claims.generation))
     answer = {
         "token": token,
         "token_type": "Bearer",

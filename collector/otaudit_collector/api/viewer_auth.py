@@ -26,8 +26,8 @@ class ViewerKeys:
 
     MAX_TENANTS: Final = 4096
 
-    def __init__(self, pepper: str, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._pepper = pepper
+    def __init__(self, root: bytes, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.root = root  # core.viewer_tokens.root_key
         self._seconds = seconds
         self._clock = clock
         self._tenants: dict[str, tuple[TenantKey, float]] = {}
@@ -53,7 +53,7 @@ class ViewerKeys:
         """Who a viewer token acts for; ``InvalidViewerToken`` when it is forged, revoked or expired."""
         claims = unverified_claims(text)
         found = await self._key(pool, claims.tenant)
-        checked = verify(text, signing_key(self._pepper, claims.tenant, found.generation), found.generation, now=time.time())
+        checked = verify(text, signing_key(self.root, claims.tenant, found.generation), found.generation, now=time.time())
         if checked.issued_at > time.time() + 300:
             raise InvalidViewerToken("the viewer token is unknown or revoked")
         return Principal(f"viewer-{checked.token_id}", checked.tenant, "viewer", checked.person, found.plan, checked.scope)

@@ -4,7 +4,8 @@ customer admin in front of it, so that its page can show otaudit's viewer.
 Pure. A viewer token reads ``otaudit-viewer.<claims>.<signature>``: the claims are compact
 JSON in unpadded base64url, the signature HMAC-SHA256 over ``otaudit-viewer.<claims>`` under
 the tenant's viewer key. That key is derived, never stored: HMAC-SHA256 of the tenant and
-its key *generation* under the configured token pepper. Checking a token needs no database
+its key *generation* under a root key, itself the database's random ``viewer_tokens`` key
+mixed with the configured token pepper (:func:`root_key`). Checking a token needs no database
 row of its own, only the tenant's current generation (cached with the tenant's plan, as
 admin tokens are); revoking every viewer token of a tenant at once is moving its generation
 on (``POST /v1/viewer-tokens/revoke``), and changing the pepper revokes them all.
@@ -38,6 +39,7 @@ __all__ = [
     "is_viewer_token",
     "mint",
     "parse_request",
+    "root_key",
     "signing_key",
     "unverified_claims",
     "verify",
@@ -110,9 +112,15 @@ class ViewerClaims:
     scope: ViewerScope
 
 
-def signing_key(pepper: str, tenant: str, generation: int) -> bytes:
-    """The tenant's viewer key of ``generation``: derived from the pepper, stored nowhere."""
-    return hmac.new(pepper.encode(), f"otaudit viewer key\x00{tenant}\x00{generation}".encode(), hashlib.sha256).digest()
+def root_key(stored: bytes, pepper: str) -> bytes:
+    """The root of every viewer key: the database's random key mixed with the pepper (neither
+    alone makes a viewer key; an unset pepper leaves the database's key, never a public one)."""
+    return hmac.new(stored, b"otaudit viewer keys\x00" + pepper.encode(), hashlib.sha256).digest()
+
+
+def signing_key(root: bytes, tenant: str, generation: int) -> bytes:
+    """The tenant's viewer key of ``generation``, derived from the root key, stored nowhere."""
+    return hmac.new(root, f"otaudit viewer key\x00{tenant}\x00{generation}".encode(), hashlib.sha256).digest()
 
 
 def _b64(data: bytes) -> str:

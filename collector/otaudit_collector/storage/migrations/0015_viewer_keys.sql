@@ -7,3 +7,9 @@ CREATE TABLE viewer_keys (
     rotated_at  timestamptz NOT NULL DEFAULT now(),
     rotated_by  text
 );
+
+-- The random root of the viewer keys, mixed with the configured pepper: without it a viewer
+-- key would be a function of the tenant's name and the pepper alone, and an unset pepper
+-- would let anyone who read this code mint viewer tokens.
+INSERT INTO server_keys (name, secret)
+VALUES ('viewer_tokens', uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()));
