@@ -69,6 +69,7 @@ DB_NAME = "otaudit_bench_query"
 GENERATOR = 1  # bump when the generated data changes: a cached database of another version is reloaded
 PEPPER = "otaudit-benchmark-pepper-not-a-secret"
 GOAL_LATENCY = 1.5  # API p50 and p95 at most this x the direct SQL's
+GOAL_VIEWER = 1.05  # a page through a viewer token against the same page through an admin token (issue 15)
 GOAL_EXPORT = 0.7  # API export rows/s at least this x the COPY's
 NOISY_CORES = 0.25  # other processes' CPU during a timed phase above which the report warns
 
@@ -695,6 +696,14 @@ class Http:
             total += n
         return total, head
 
+    def post(self, path: str, body: dict[str, Any]) -> bytes:
+        self.conn.request("POST", path, body=json.dumps(body), headers={**self.headers, "Content-Type": "application/json"})
+        response = self.conn.getresponse()
+        answer = response.read()
+        if response.status >= 300:
+            raise BenchmarkError(f"POST {path}: {response.status} {answer[:500]!r}")
+        return answer
+
     def close(self) -> None:
         self.conn.close()
 
@@ -866,7 +875,7 @@ def _measure_latency(
                 case.sql_ms.append(results[sql])
 
     # Where the API's time goes, in pieces (not part of the goal), each a p50 of 100 runs.
-    pieces: dict[str, Any] = {}
+    pieces: dict[str, Any] = {"viewer": _viewer_pages(http_api, cases[0], reps, warmup)}
     pieces["healthz_ms"] = statistics.median(timed(lambda: http_api.get("/healthz"), 100))
     pieces["auth_route_ms"] = statistics.median(timed(lambda: http_api.get(f"/v1/tenants/{tenant}/plan"), 100))
     auth_ms, page_ms = asyncio.run(api_queries(conninfo, http_api.token, first_sql, first_params, 100))
@@ -877,6 +886,44 @@ def _measure_latency(
         pieces["server_execution_ms"] = plan[0]["Execution Time"]
         pieces["first_page_plan"] = summarize_plan(plan)
     return cases, pieces
+
+
+def _viewer_pages(http_api: Http, first: LatencyCase, reps: int, warmup: int) -> dict[str, float]:
+    """The first page through a viewer token (issue 15: within 1.05x of the same page through
+    the admin token), interleaved with the admin token's; and minting one, beside the admin
+    token's cheapest authenticated route."""
+    mint = {"for": "query benchmark", "minutes": 60}
+    token = json.loads(http_api.post("/v1/viewer-tokens", mint))["token"]
+    viewer = Http(http_api.conn.host, http_api.conn.port, token)
+    try:
+        if (
+            json.loads(viewer.get("/v1/events", first.params))["events"]
+            != json.loads(http_api.get("/v1/events", first.params))["events"]
+        ):
+            raise BenchmarkError("the viewer token's first page differs from the admin token's")
+        admin_ms: list[float] = []
+        viewer_ms: list[float] = []
+        clients = [(http_api, admin_ms), (viewer, viewer_ms)]
+        for i in range(warmup + reps):
+            for client, into in clients[i % 2 :] + clients[: i % 2]:
+                t0 = time.perf_counter()
+                client.get("/v1/events", first.params)
+                if i >= warmup:
+                    into.append((time.perf_counter() - t0) * 1e3)
+        mint_ms = timed(lambda: http_api.post("/v1/viewer-tokens", mint), 100)
+        plan_ms = timed(lambda: http_api.get(f"/v1/tenants/{json.loads(http_api.get('/v1/whoami'))['tenant']}/plan"), 100)
+    finally:
+        viewer.close()
+    return {
+        "admin_p50_ms": percentile(admin_ms, 50),
+        "admin_p95_ms": percentile(admin_ms, 95),
+        "viewer_p50_ms": percentile(viewer_ms, 50),
+        "viewer_p95_ms": percentile(viewer_ms, 95),
+        "ratio_p50": percentile(viewer_ms, 50) / percentile(admin_ms, 50),
+        "ratio_p95": percentile(viewer_ms, 95) / percentile(admin_ms, 95),
+        "mint_p50_ms": statistics.median(mint_ms),
+        "admin_route_p50_ms": statistics.median(plan_ms),
+    }
 
 
 async def api_queries(conninfo: str, token: str, sql: str, params: list[Any], n: int) -> tuple[float, float]:
@@ -1338,6 +1385,22 @@ def report(result: dict[str, Any]) -> list[tuple[str, bool, str]]:
         f" {p['server_execution_ms']:.2f} ms"
     )
     print(f"   plan: {p['first_page_plan']}")
+    v = p.get("viewer")
+    if v:
+        met = v["ratio_p50"] <= GOAL_VIEWER and v["ratio_p95"] <= GOAL_VIEWER
+        goals.append(
+            (
+                f"first page, viewer token <= {GOAL_VIEWER:g}x admin token",
+                met,
+                f"{v['ratio_p50']:.3f}x p50, {v['ratio_p95']:.3f}x p95",
+            )
+        )
+        print(
+            f"   first page through a viewer token: {v['viewer_p50_ms']:.2f} / {v['viewer_p95_ms']:.2f} ms against"
+            f" {v['admin_p50_ms']:.2f} / {v['admin_p95_ms']:.2f} ms through the admin token (p50 / p95, interleaved):"
+            f" {v['ratio_p50']:.3f}x / {v['ratio_p95']:.3f}x, goal <= {GOAL_VIEWER:g}x: {'met' if met else 'MISSED'};"
+            f" minting one {v['mint_p50_ms']:.2f} ms p50 (GET .../plan with the admin token: {v['admin_route_p50_ms']:.2f} ms)"
+        )
     for line in p.get("profile", []):
         print("   " + line)
     if lat["other_cores"] > NOISY_CORES:

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import psycopg
 import requests
 from stream_helpers import INVENTORY, Api, ingest, quick_settings, set_plan, token
 from stream_receiver import Receiver
-from support import RunningCollector, rows, wait_until
+from support import CollectorProcess, RunningCollector, rows, wait_until
 
 BASIC = ("site_access", "accounts_configuration", "data_extraction")
 
@@ -186,3 +188,54 @@ def test_two_collectors_deliver_a_stream_one_at_a_time_and_one_takes_over(db: st
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_collector_killed_mid_delivery_is_taken_over_with_nothing_lost(db: str, receiver: Receiver, tmp_path: Path) -> None:
+    """The issue's case: the replica delivering a stream is SIGKILLed (no lease given back); once
+    its lease runs out another takes the stream over from the cursor, under steady ingest."""
+    config = tmp_path / "collector.yaml"
+    config.write_text(
+        "auth: {token_cache_seconds: 0}\nintegrity: {enabled: false}\ncatalogs: {reload_interval_seconds: 0}\n"
+        "streams: {poll_seconds: 0.05, lease_seconds: 2, backoff_max_seconds: 1, batch_records: 10}\n"
+    )
+    args = ["serve", "--config", str(config), "--database-url", db, "--grpc-port", "0", "--http-port", "0", "--api-port", "0"]
+    doomed = CollectorProcess(args, cwd=tmp_path).start()
+    survivor: RunningCollector | None = None
+    stop = threading.Event()
+    try:
+        api = Api(SimpleNamespace(api_url=f"http://127.0.0.1:{doomed.ports['API']}"), token(db))  # type: ignore[arg-type]
+        made = webhook(api, receiver)
+        survivor_settings = quick_settings(db)
+        ingest_into = SimpleNamespace(http_url=f"http://127.0.0.1:{doomed.ports['OTLP/HTTP']}/v1/logs")
+        ingest(ingest_into, 20)  # type: ignore[arg-type]
+        wait_until(lambda: len(receiver.seqs()) >= 10, 30, "the doomed collector to deliver")
+        survivor = RunningCollector(survivor_settings)
+        owner = rows(db, "SELECT lease_owner FROM streams WHERE id = %s", (made["id"],))[0]["lease_owner"]
+        assert owner is not None and owner != survivor.collector.streams.owner, "the doomed collector holds the stream"
+
+        def steady() -> None:
+            while not stop.is_set():
+                ingest(survivor, 2)  # type: ignore[arg-type]
+                time.sleep(0.02)
+
+        sender = threading.Thread(target=steady, daemon=True)
+        sender.start()
+        wait_until(lambda: len(receiver.seqs()) >= 30, 30, "delivery under ingest")
+        doomed.kill()  # SIGKILL: its lease is not given back
+        time.sleep(0.5)
+        stop.set()
+        sender.join(30)
+        survivor_api = Api(survivor, token(db))
+        wait_until(lambda: caught_up(survivor_api, made["id"], db), 60, "the survivor to take the stream over")
+        taken = rows(db, "SELECT lease_owner FROM streams WHERE id = %s", (made["id"],))[0]["lease_owner"]
+        assert taken == survivor.collector.streams.owner
+        delivered = receiver.seqs()
+        assert first_seen(delivered) == stored(db, made["cursor"]), "every event, in seq order, no gap"
+        assert len(delivered) - len(set(delivered)) <= 10, "repeats: at most the batch in flight at the kill"
+        assert receiver.bad_signatures == 0
+    finally:
+        stop.set()
+        if survivor is not None:
+            survivor.stop()
+        if doomed.proc is not None and doomed.proc.poll() is None:
+            doomed.kill()

@@ -23,7 +23,7 @@ from aiohttp import web
 from otaudit_collector.api.reads import READS, error, iso, plan_of, principal_of, require_role
 from otaudit_collector.core.viewer_tokens import BadViewerRequest, mint, parse_request, signing_key
 from otaudit_collector.selfaudit import Access, SelfAudit
-from otaudit_collector.storage.viewer import rotate, tenant_key
+from otaudit_collector.storage.viewer import rotate
 
 __all__ = ["VIEWER", "ViewerContext", "add_viewer_routes"]
 
@@ -56,8 +56,8 @@ async def _mint(request: web.Request) -> web.Response:
         body = await request.json(loads=json.loads)
     except (ValueError, LookupError):
         return error(400, "bad_viewer_token", 'body: is not JSON; send {"for": "Ann Lee (ann@customer.example)"}')
-    async with reads.pool.connection() as conn:
-        key = await tenant_key(conn, principal.tenant)
+    assert reads.viewers is not None, "add_viewer_routes needs ReadContext.viewers"
+    key = await reads.viewers.key(reads.pool, principal.tenant)  # cached: a mint costs what a page's check does
     try:
         claims = parse_request(
             body,
@@ -71,7 +71,6 @@ async def _mint(request: web.Request) -> web.Response:
         )
     except BadViewerRequest as exc:
         return error(400, "bad_viewer_token", str(exc))
-    assert reads.viewers is not None, "add_viewer_routes needs ReadContext.viewers"
     token = mint(claims, signing_key(reads.viewers.root, claims.tenant, claims.generation))
     answer = {
         "token": token,

@@ -32,7 +32,8 @@ class ViewerKeys:
         self._clock = clock
         self._tenants: dict[str, tuple[TenantKey, float]] = {}
 
-    async def _key(self, pool: AsyncConnectionPool[Any], tenant: str) -> TenantKey:
+    async def key(self, pool: AsyncConnectionPool[Any], tenant: str) -> TenantKey:
+        """The tenant's generation and plan, cached; what minting and checking both use."""
         now = self._clock()
         cached = self._tenants.get(tenant)
         if cached is not None and cached[1] > now:
@@ -52,7 +53,7 @@ class ViewerKeys:
     async def principal(self, pool: AsyncConnectionPool[Any], text: str) -> Principal:
         """Who a viewer token acts for; ``InvalidViewerToken`` when it is forged, revoked or expired."""
         claims = unverified_claims(text)
-        found = await self._key(pool, claims.tenant)
+        found = await self.key(pool, claims.tenant)
         checked = verify(text, signing_key(self.root, claims.tenant, found.generation), found.generation, now=time.time())
         if checked.issued_at > time.time() + 300:
             raise InvalidViewerToken("the viewer token is unknown or revoked")
