@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+from lognorm import parse_cef
 from rsyslogd import Rsyslog, free_port
 from stream_helpers import Api, ingest, quick_settings, token
 from support import RunningCollector, rows, wait_until
@@ -16,20 +17,22 @@ from support import RunningCollector, rows, wait_until
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def _readme_config(port: int, folder: Path) -> str:
+def _readme_config(port: int, folder: Path, fmt: str) -> str:
     blocks = re.findall(r"```rsyslog\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
     assert len(blocks) == 1, "README.md holds one rsyslog configuration"
     config = blocks[0]
-    assert 'port="601"' in config and "/var/log/otaudit/" in config
+    assert 'port="601"' in config and "/var/log/otaudit/" in config and "[{]" in config
+    if fmt == "cef":  # as the README says: the message starts at CEF: instead of {
+        config = config.replace("[{]", "CEF:")
     return config.replace('port="601"', f'port="{port}"').replace("/var/log/otaudit/", f"{folder}/")
 
 
-@pytest.mark.parametrize("fmt", ["otaudit", "ocsf"])
+@pytest.mark.parametrize("fmt", ["otaudit", "ocsf", "cef"])
 def test_the_readmes_rsyslog_configuration_files_each_tenants_events(db: str, tmp_path: Path, fmt: str) -> None:
     folder = tmp_path / "otaudit"
     folder.mkdir()
     port = free_port()
-    server = Rsyslog(tmp_path, port, None, config=_readme_config(port, folder))
+    server = Rsyslog(tmp_path, port, None, config=_readme_config(port, folder, fmt))
     server.start()
     sender = RunningCollector(quick_settings(db))
     delivered: dict[str, int] = {}  # tenant -> the stream's cursor once it caught up
@@ -44,7 +47,14 @@ def test_the_readmes_rsyslog_configuration_files_each_tenants_events(db: str, tm
     try:
         for tenant, upto in delivered.items():
             stored = rows(db, "SELECT id, seq FROM events WHERE tenant = %s AND seq <= %s ORDER BY seq", (tenant, upto))
-            records = [json.loads(line) for line in _lines(folder / f"{tenant}.ndjson", len(stored))]
+            lines = _lines(folder / f"{tenant}.ndjson", len(stored))
+            if fmt == "cef":
+                read = parse_cef(lines, tmp_path)
+                got = [(c["Extensions"]["externalId"], int(c["Extensions"]["cn1"])) for c in read]
+                assert {c["Extensions"]["cs1"] for c in read} == {tenant}
+                assert got[: len(stored)] == [(s["id"], s["seq"]) for s in stored] and len(stored) >= 4
+                continue
+            records = [json.loads(line) for line in lines]
             if fmt == "otaudit":
                 got = [(r["id"], r["seq"]) for r in records]
             else:

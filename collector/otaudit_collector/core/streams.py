@@ -60,9 +60,10 @@ __all__ = [
 FILTER_TERMS = ("category", "event", "actor", "target_type", "target_id", "outcome", "q")
 """The filters a stream takes: those of GET /v1/events but the time range (its start says where it begins)."""
 KINDS = ("webhook", "file", "otlp", "syslog")
-FORMATS = ("otaudit", "ocsf")
-"""Record formats: otaudit's own event document (with ``seq``), or an OCSF event (core/ocsf.py).
-An OTLP stream sends OTel log records with otaudit's attributes: it takes no format."""
+FORMATS = ("otaudit", "ocsf", "cef")
+"""Record formats: otaudit's own event document (with ``seq``), an OCSF event (core/ocsf.py), or
+a CEF line (core/cef.py; syslog streams only). An OTLP stream sends OTel log records with
+otaudit's attributes: it takes no format."""
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _NAME_HELP = "1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit"
 RETRY_AFTER_LIMIT_SECONDS = 3600.0
@@ -302,6 +303,8 @@ def parse_new(
         )
     if fmt not in FORMATS:
         raise BadStream("format", f"must be one of {', '.join(FORMATS)} (otaudit, the default: the event's own document)")
+    if fmt == "cef" and kind != "syslog":
+        raise BadStream("format", "cef is a syslog line format: only a syslog stream takes it (ocsf suits webhooks and files)")
     given = spec.get("auth")
     if given is not None and (not isinstance(given, str) or not given or not given.isprintable() or not is_unicode(given)):
         raise BadStream("auth", "must be the credential's text, e.g. 'Bearer otaudit_...' for another otaudit")

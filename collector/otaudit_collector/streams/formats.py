@@ -1,4 +1,4 @@
-"""A stream's records in its format: ``otaudit`` (the stored document, as read) or ``ocsf``.
+"""A stream's records in its format: ``otaudit`` (the stored document, as read), ``ocsf`` or ``cef``.
 
 The delivery loop reads records as the stored document's JSON text; :func:`render` rewrites
 them for a stream of another format before they reach the transport. The OCSF class and
@@ -16,16 +16,22 @@ from typing import Any
 
 from otaudit_collector import __version__
 from otaudit_collector.core.catalog import CatalogSet
+from otaudit_collector.core.cef import cef_line
 from otaudit_collector.core.ocsf import Hint, to_ocsf
 from otaudit_collector.streams.transport import Record
 
 __all__ = ["render"]
 
 
-def _ocsf(record: Record, catalogs: CatalogSet | None) -> Record:
+def _document(record: Record) -> dict[str, Any]:
     document: Any = json.loads(record.text)
     if not isinstance(document, dict):
-        raise ValueError(f"record seq {record.seq} is not a JSON object; it cannot be written as an OCSF event")
+        raise ValueError(f"record seq {record.seq} is not a JSON object; it cannot be written in another format")
+    return document
+
+
+def _ocsf(record: Record, catalogs: CatalogSet | None) -> Record:
+    document = _document(record)
     definition = catalogs.event(document.get("category"), document.get("event")) if catalogs is not None else None
     event = to_ocsf(
         document,
@@ -38,11 +44,21 @@ def _ocsf(record: Record, catalogs: CatalogSet | None) -> Record:
     return Record(record.seq, record.id, text, document)
 
 
+def _cef(record: Record, catalogs: CatalogSet | None) -> Record:
+    document = _document(record)
+    definition = catalogs.event(document.get("category"), document.get("event")) if catalogs is not None else None
+    title = definition.title if definition is not None else None
+    return Record(record.seq, record.id, cef_line(document, record.seq, title=title, product_version=__version__), document)
+
+
 def render(records: Sequence[Record], fmt: str, catalogs: Callable[[], CatalogSet | None]) -> Sequence[Record]:
     """``records`` in the format ``fmt`` (``otaudit``: as they are)."""
     if fmt == "otaudit":
         return records
-    if fmt == "ocsf":
+    if fmt in _RENDER:
         loaded = catalogs()
-        return [_ocsf(record, loaded) for record in records]
+        return [_RENDER[fmt](record, loaded) for record in records]
     raise ValueError(f"unknown record format {fmt!r}")
+
+
+_RENDER = {"ocsf": _ocsf, "cef": _cef}
