@@ -306,5 +306,5 @@ def test_render_rewrites_records_and_an_event_of_no_loaded_catalog_is_an_api_act
     assert (orphan["class_uid"], orphan["activity_id"]) == (6003, 3) and "message" not in orphan
     with pytest.raises(ValueError, match="seq 6 is not a JSON object"):
         render(stored[1:], "ocsf", lambda: None)
-    with pytest.raises(ValueError, match="unknown record format 'cef'"):
-        render(stored, "cef", lambda: None)
+    with pytest.raises(ValueError, match="unknown record format 'leef'"):
+        render(stored, "leef", lambda: None)

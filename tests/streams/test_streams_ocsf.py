@@ -57,7 +57,7 @@ def test_the_format_is_chosen_when_made_checked_and_never_changed(running: Runni
     made = api.create(name="siem", url="https://siem.example.com/otaudit", format="ocsf")
     assert made["format"] == "ocsf" and "format" not in made["destination"]
     assert api.create(name="plain", url="https://siem.example.com/b")["format"] == "otaudit"
-    _refused(api.call("POST", "/v1/streams", {"name": "x", "url": "https://a.example.com/", "format": "cef"}), "otaudit, ocsf")
+    _refused(api.call("POST", "/v1/streams", {"name": "x", "url": "https://a.example.com/", "format": "leef"}), "otaudit, ocsf, cef")
     otlp = {"name": "x", "kind": "otlp", "endpoint": "http://127.0.0.1:4318", "format": "ocsf"}
     _refused(api.call("POST", "/v1/streams", otlp), "OTel log records")
     changed = api.call("PATCH", f"/v1/streams/{made['id']}", {"format": "otaudit"})
