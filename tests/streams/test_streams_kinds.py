@@ -14,6 +14,7 @@ import requests
 from rsyslogd import Rsyslog, free_port
 from stream_helpers import Api, ingest, quick_settings, token
 from support import RunningCollector, count, rows, settings_for, wait_until
+from tls_files import certificates
 
 from otaudit_collector.core.query import DOCUMENT_SQL
 
@@ -74,6 +75,68 @@ def test_otlp_and_syslog_streams_are_made_with_their_settings_checked(
     _refused(api.call("PATCH", f"/v1/streams/{syslog['id']}", {"port": 0}), "port", "from 1")
 
 
+def test_tls_settings_of_syslog_and_otlp_streams_are_checked(running: RunningCollector, tmp_path: Path) -> None:
+    api = Api(running, token(running.conninfo))
+    ca = certificates(tmp_path)[0].read_text()
+    syslog = {"kind": "syslog", "host": "siem.example.com", "port": 6514}
+    refused = {
+        "not PEM": ({**syslog, "tls": True, "ca": "hello"}, "ca", "PEM certificate"),
+        "PEM that is no certificate": (
+            {**syslog, "tls": True, "ca": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"},
+            "ca",
+            "can load",
+        ),
+        "ca without tls": ({**syslog, "ca": ca}, "ca", '"tls": true'),
+        "server_name without tls": ({**syslog, "server_name": "siem"}, "server_name", '"tls": true'),
+        "facility": ({**syslog, "facility": 24}, "facility", "23"),
+        "sd_id": ({**syslog, "sd_id": "audit"}, "sd_id", "private enterprise number"),
+        "hostname": ({**syslog, "hostname": "a host"}, "hostname", "hostname"),
+        "ca for plain http": ({"kind": "otlp", "endpoint": "http://otel.example.com:4318", "ca": ca}, "ca", "http://"),
+    }
+    for what, (body, field, said) in refused.items():
+        _refused(api.call("POST", "/v1/streams", {"name": "bad", **body}), field, said, what=what)
+    made = api.create(
+        name="qradar", **syslog, tls=True, ca=ca, server_name="siem", facility=4, sd_id="audit@1.2.3", hostname="c-9"
+    )
+    assert made["destination"]["ca"] == ca and made["destination"]["sd_id"] == "audit@1.2.3"
+    assert api.create(name="otel", kind="otlp", endpoint="https://otel.example.com:4318", ca=ca)["destination"]["ca"] == ca
+
+
+def test_a_syslog_stream_over_tls_to_a_private_ca_with_its_own_header(db: str, tmp_path: Path) -> None:
+    """The CA, the certificate's name and the header's facility, SD-ID and HOSTNAME, given through
+    the API, reach rsyslogd over RFC 5425 TLS (gtls)."""
+    server = Rsyslog(tmp_path, free_port(), certificates(tmp_path))
+    server.start()
+    sender = RunningCollector(quick_settings(db))
+    try:
+        api = Api(sender, token(db))
+        ca = (tmp_path / "ca.pem").read_text()
+        made = api.create(
+            name="siem",
+            kind="syslog",
+            host="127.0.0.1",
+            port=server.port,
+            tls=True,
+            ca=ca,
+            server_name="localhost",
+            facility=4,
+            sd_id="audit@1.2.3",
+            hostname="collector-9",
+            start={"seq": 1},
+        )
+        ids = ingest(sender, 3)
+        wait_until(lambda: api.get(made["id"])["cursor"] >= count(db), 60, "the stream to catch up")
+        lines = server.lines(count(db))
+    finally:
+        sender.stop()
+        server.stop()
+    by_id = {json.loads(fields[-1].removeprefix("\ufeff"))["id"]: fields for fields in lines}
+    for event_id in ids:
+        fields = by_id[event_id]
+        assert fields[1] == "37" and fields[2] == "collector-9", fields[:4]  # facility 4 * 8 + notice (5)
+        assert fields[-2].startswith("[audit@1.2.3 "), fields[-2]
+
+
 def test_an_otlp_stream_delivers_the_trail_to_another_otaudit(db: str, second_db: str) -> None:
     """The whole path: a stream made through the API, the runner, the OTLP transport over HTTP
     with the receiver's ingest token, and the second collector storing each event once."""
@@ -124,3 +187,18 @@ def test_a_syslog_stream_delivers_the_trail_to_rsyslog(db: str, tmp_path: Path) 
     finally:
         sender.stop()
         server.stop()
+
+
+def test_a_declared_stream_reads_its_ca_file_at_start(db: str, tmp_path: Path) -> None:
+    from otaudit_collector.config import ConfigError
+
+    ca = certificates(tmp_path)[0]
+    declared = [{"name": "siem", "tenants": ["acme"], "kind": "syslog", "host": "siem.example.com", "port": 6514, "tls": True}]
+    collector = RunningCollector(quick_settings(db, {("streams", "declared"): [{**declared[0], "ca_file": str(ca)}]}))
+    try:
+        assert Api(collector, token(db)).get("cfg_siem")["destination"]["ca"] == ca.read_text()
+    finally:
+        collector.stop()
+    missing = [{**declared[0], "ca_file": str(tmp_path / "nowhere.pem")}]
+    with pytest.raises(ConfigError, match=r"streams\.declared\[0\]\.ca_file: cannot be read"):
+        RunningCollector(quick_settings(db, {("streams", "declared"): missing}))

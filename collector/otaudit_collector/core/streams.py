@@ -21,6 +21,7 @@ import hmac
 import os
 import random
 import re
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from otaudit_collector.core.export import is_unicode
 from otaudit_collector.core.plans import Plan
 from otaudit_collector.core.query import BadFilter, parse_filters, parse_time
+from otaudit_collector.core.syslog_format import check_hostname, check_sd_id
 from otaudit_collector.core.webhook_signature import check_url as _check_url
 from otaudit_collector.core.webhook_signature import secret_bytes
 
@@ -71,10 +73,12 @@ RETRY_AFTER_LIMIT_SECONDS = 3600.0
 _FIELDS = {
     "webhook": {"url", "timeout_seconds"},
     "file": {"folder", "rotate_seconds", "rotate_bytes"},
-    "otlp": {"endpoint", "protocol", "timeout_seconds", "auth_header", "auth"},
-    "syslog": {"host", "port", "tls", "timeout_seconds"},
+    "otlp": {"endpoint", "protocol", "timeout_seconds", "auth_header", "auth", "ca"},
+    "syslog": {"host", "port", "tls", "timeout_seconds", "ca", "server_name", "facility", "sd_id", "hostname"},
 }
-"""Each kind's settings; ``auth`` (an OTLP receiver's credential) is a secret, stored encrypted."""
+"""Each kind's settings; ``auth`` (an OTLP receiver's credential) is a secret, stored encrypted;
+``ca`` (the PEM certificates to trust instead of the system's, for a private CA) is public."""
+CA_MAX_CHARACTERS = 65536
 _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\]")
 _HEADER = re.compile(r"[A-Za-z0-9-]{1,64}")
 
@@ -195,6 +199,19 @@ def parse_start(value: Any, *, now: dt.datetime) -> Start:
     raise BadStream("start", 'must be "now", {"seq": N} or {"time": "2026-01-01T00:00:00Z"}')
 
 
+def _ca(value: Any) -> str:
+    """PEM certificates to trust, checked by loading them the way the transport will."""
+    if not isinstance(value, str) or "-----BEGIN CERTIFICATE-----" not in value or len(value) > CA_MAX_CHARACTERS:
+        raise BadStream(
+            "ca", f"must be PEM certificate text (-----BEGIN CERTIFICATE----- ...), at most {CA_MAX_CHARACTERS} characters"
+        )
+    try:
+        ssl.create_default_context(cadata=value)
+    except (ssl.SSLError, ValueError) as exc:
+        raise BadStream("ca", f"is not a certificate this collector can load: {exc}") from None
+    return value
+
+
 def _number(body: Mapping[str, Any], key: str, minimum: float, maximum: float, *, whole: bool = False) -> float:
     value = body[key]
     kinds = int if whole else (int, float)
@@ -239,6 +256,10 @@ def _settings(
             settings["auth_header"] = body["auth_header"]
         if "timeout_seconds" in body:
             settings["timeout_seconds"] = float(_number(body, "timeout_seconds", 0.1, 300))
+        if "ca" in body:
+            settings["ca"] = _ca(body["ca"])
+            if str(settings.get("endpoint", "")).startswith("http://"):
+                raise BadStream("ca", "is for a TLS endpoint (https://, or host:port with gRPC); this one is http://")
     elif kind == "syslog":
         host = body.get("host")
         if host is not None or not partial:
@@ -255,6 +276,25 @@ def _settings(
             settings["tls"] = body["tls"]
         if "timeout_seconds" in body:
             settings["timeout_seconds"] = float(_number(body, "timeout_seconds", 0.1, 300))
+        if "ca" in body:
+            settings["ca"] = _ca(body["ca"])
+        if "server_name" in body:
+            if not isinstance(body["server_name"], str) or not _HOST.fullmatch(body["server_name"]):
+                raise BadStream("server_name", "must be the host name the receiver's certificate names, e.g. siem.example.com")
+            settings["server_name"] = body["server_name"]
+        if not partial and not settings.get("tls") and ("ca" in settings or "server_name" in settings):
+            field = "ca" if "ca" in settings else "server_name"
+            raise BadStream(field, 'is a setting of TLS: add "tls": true (RFC 5425), or leave it out')
+        if "facility" in body:
+            settings["facility"] = int(_number(body, "facility", 0, 23, whole=True))
+        for key, check in (("sd_id", check_sd_id), ("hostname", check_hostname)):
+            if key in body:
+                if not isinstance(body[key], str):
+                    raise BadStream(key, "must be text")
+                try:
+                    settings[key] = check(body[key])
+                except ValueError as exc:
+                    raise BadStream(key, str(exc)) from None
     else:
         folder = body.get("folder")
         if folder is not None or not partial:

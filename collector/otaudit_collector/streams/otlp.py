@@ -87,8 +87,8 @@ class OtlpTransport:
     (``https://intake.example``); requests go to ``<endpoint>/v1/logs`` (an endpoint already
     ending in ``/v1/logs`` is used as it is), protobuf encoded. ``headers`` go with every
     request (gRPC metadata, keys lowercased): an ``Authorization`` bearer is the usual one; their
-    values are secrets and are never shown. ``ca_file``: the PEM bundle to trust instead of the
-    system's (with gRPC it also turns TLS on for a ``host:port`` endpoint).
+    values are secrets and are never shown. ``ca_file`` or ``ca_pem`` (its text): the PEM bundle
+    to trust instead of the system's (with gRPC it also turns TLS on for a ``host:port`` endpoint).
     """
 
     def __init__(
@@ -99,6 +99,7 @@ class OtlpTransport:
         headers: Mapping[str, str] | None = None,
         timeout_seconds: float = 10.0,
         ca_file: str | None = None,
+        ca_pem: str | None = None,
         max_records_per_request: int = 1000,
     ) -> None:
         if protocol not in PROTOCOLS:
@@ -114,21 +115,22 @@ class OtlpTransport:
         self._protocol = protocol
         self._timeout = timeout_seconds
         self._max_records = max_records_per_request
-        self._ca: bytes | None = None
+        self._ca: bytes | None = ca_pem.encode() if ca_pem is not None else None
+        if ca_file is not None and ca_pem is not None:
+            raise ValueError("give the CA as a file or as PEM text, not both")
         if ca_file is not None:
             try:
                 with open(ca_file, "rb") as file:
                     self._ca = file.read()
             except OSError as error:
                 raise ValueError(f"cannot read the CA file {ca_file}: {error.strerror or error}") from None
-        self._ca_file = ca_file
         self._closed = False
         self._channel: grpc.aio.Channel | None = None
         self._session: aiohttp.ClientSession | None = None
         self._tls = False
         if protocol == "grpc":
             self._target, self._tls = self._grpc_target(endpoint)
-            if ca_file is not None and endpoint.strip().startswith("http://"):
+            if self._ca is not None and endpoint.strip().startswith("http://"):
                 raise ValueError("a CA file is given but the endpoint is http:// (plaintext): use https:// or host:port")
             self._where = f"{'https' if self._tls else 'http'}://{self._target}"
         else:
@@ -176,8 +178,8 @@ class OtlpTransport:
     def _open_session(self) -> aiohttp.ClientSession:
         if self._session is None:
             tls: ssl.SSLContext | bool = True
-            if self._ca_file is not None:
-                tls = ssl.create_default_context(cafile=self._ca_file)
+            if self._ca is not None:
+                tls = ssl.create_default_context(cadata=self._ca.decode())
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=tls),
                 timeout=aiohttp.ClientTimeout(total=self._timeout),

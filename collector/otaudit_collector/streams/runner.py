@@ -97,15 +97,19 @@ def make_transport(row: Mapping[str, Any], key: bytes) -> Transport:
             protocol=settings.get("protocol", "http"),
             headers=headers,
             timeout_seconds=float(settings.get("timeout_seconds", 10.0)),
+            ca_pem=settings.get("ca"),
         )
     if row["kind"] == "syslog":
         from otaudit_collector.streams.syslog import SyslogTransport
 
+        optional = {key: settings[key] for key in ("server_name", "hostname", "facility", "sd_id") if key in settings}
         return SyslogTransport(
             settings["host"],
             int(settings["port"]),
             tls=bool(settings.get("tls", False)),
+            ca_pem=settings.get("ca"),
             timeout_seconds=float(settings.get("timeout_seconds", 10.0)),
+            **optional,
         )
     from otaudit_collector.streams.files import FileTransport
 

@@ -12,6 +12,7 @@ import os
 import socket
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -124,8 +125,18 @@ class Streams:
 
 
 def _declared(settings: Settings) -> list[DeclaredSpec]:
-    """``streams.declared``, checked like the API's streams: a bad one is a configuration error."""
+    """``streams.declared``, checked like the API's streams: a bad one is a configuration error.
+    A ``ca_file`` is read here, once, into the stream's ``ca`` (its PEM text)."""
+    items = []
+    for n, given in enumerate(settings.get("streams", "declared")):
+        item = {k: v for k, v in given.items() if k != "ca_file"}
+        if "ca_file" in given:
+            try:
+                item["ca"] = Path(given["ca_file"]).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError("streams.declared", [f"streams.declared[{n}].ca_file: cannot be read: {exc}"]) from None
+        items.append(item)
     try:
-        return parse_declared(settings.get("streams", "declared"), environ=os.environ, now=datetime.now(UTC))
+        return parse_declared(items, environ=os.environ, now=datetime.now(UTC))
     except BadStream as exc:
         raise ConfigError("streams.declared", [str(exc)]) from None

@@ -53,6 +53,7 @@ class SyslogTransport:
         *,
         tls: bool = False,
         ca_file: str | None = None,
+        ca_pem: str | None = None,
         server_name: str | None = None,
         hostname: str | None = None,
         facility: int = DEFAULT_FACILITY,
@@ -65,8 +66,8 @@ class SyslogTransport:
             raise ValueError(f"the syslog receiver's port is a number from 1 to 65535 (6514 for TLS), not {port!r}")
         if not timeout_seconds > 0:
             raise ValueError(f"timeout_seconds is more than 0, not {timeout_seconds}")
-        if not tls and (ca_file is not None or server_name is not None):
-            raise ValueError("ca_file and server_name are settings of TLS: set tls=True, or leave them out")
+        if not tls and (ca_file is not None or ca_pem is not None or server_name is not None):
+            raise ValueError("a CA and server_name are settings of TLS: set tls=True, or leave them out")
         self._host = host
         self._port = port
         self._where = f"{host}:{port}"
@@ -80,9 +81,9 @@ class SyslogTransport:
         self._server_name = server_name or host
         if tls:
             try:
-                self._ssl = ssl.create_default_context(cafile=ca_file)
+                self._ssl = ssl.create_default_context(cafile=ca_file, cadata=ca_pem)
             except (OSError, ssl.SSLError) as error:
-                raise ValueError(f"cannot read the CA file {ca_file}: {error}") from None
+                raise ValueError(f"cannot read the CA {ca_file or '(PEM text)'}: {error}") from None
             self._ssl.minimum_version = ssl.TLSVersion.TLSv1_2
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
