@@ -166,7 +166,7 @@ def test_a_document_sent_as_otlp_is_normalized_back_to_itself(made: tuple[Resour
     assert stored(got) == expected_at_receiver(doc, seq)
 
 
-def test_documents_are_grouped_per_source_in_order() -> None:
+def test_records_stay_in_seq_order_across_sources() -> None:
     def doc(n: int, service: str | None) -> dict[str, Any]:
         source = {"service": service} if service else {}
         return {
@@ -178,12 +178,15 @@ def test_documents_are_grouped_per_source_in_order() -> None:
             "source": source,
         }
 
-    request = export_request([(1, doc(1, "a")), (2, doc(2, "b")), (3, doc(3, "a")), (4, doc(4, None))], source_tenant="acme")
-    assert [[kv.value.string_value for kv in logs.resource.attributes] for logs in request.resource_logs] == [["a"], ["b"], []]
+    given = [(1, doc(1, "a")), (2, doc(2, "a")), (3, doc(3, "b")), (4, doc(4, "a")), (5, doc(5, None))]
+    request = export_request(given, source_tenant="acme")
+    # A new ResourceLogs each time the source changes: the records read in order are in seq order.
+    resources = [[kv.value.string_value for kv in logs.resource.attributes] for logs in request.resource_logs]
+    assert resources == [["a"], ["b"], ["a"], []]
     uids = [
         [next(kv.value.string_value for kv in r.attributes if kv.key == "log.record.uid") for r in logs.scope_logs[0].log_records]
         for logs in request.resource_logs
     ]
-    assert uids == [["e-1", "e-3"], ["e-2"], ["e-4"]]
+    assert uids == [["e-1", "e-2"], ["e-3"], ["e-4"], ["e-5"]]
     first = request.resource_logs[0].scope_logs[0].log_records[0]
     assert first.time_unix_nano == 1_767_225_600_000_001_000

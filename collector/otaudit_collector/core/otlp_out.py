@@ -167,15 +167,17 @@ def _resource_key(doc: Mapping[str, Any]) -> tuple[str | None, str | None]:
 
 
 def export_request(events: Iterable[tuple[int, Mapping[str, Any]]], *, source_tenant: str) -> ExportLogsServiceRequest:
-    """One request of the (seq, document) pairs: a ResourceLogs per source (``service.name``,
-    ``service.instance.id``), in order of first appearance, records in the given order within each."""
+    """One request of the (seq, document) pairs, in the given (seq) order throughout: a new
+    ResourceLogs each time the source (``service.name``, ``service.instance.id``) changes, so
+    that reading the request's records in order reads them in seq order (a receiver dropping
+    repeats by the highest ``otaudit.seq`` seen must not see a lower one after it)."""
     request = ExportLogsServiceRequest()
-    by_resource: dict[tuple[str | None, str | None], ResourceLogs] = {}
+    logs: ResourceLogs | None = None
+    current: tuple[str | None, str | None] | None = None
     for seq, doc in events:
         key = _resource_key(doc)
-        logs = by_resource.get(key)
-        if logs is None:
-            logs = by_resource[key] = request.resource_logs.add()
+        if logs is None or key != current:
+            logs, current = request.resource_logs.add(), key
             service, instance = key
             if service is not None:
                 logs.resource.attributes.add(key="service.name", value=any_value(service))

@@ -20,6 +20,7 @@ gRPC ``UNAVAILABLE`` / ``RESOURCE_EXHAUSTED`` with a ``google.rpc.RetryInfo`` (i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 import time
@@ -196,8 +197,8 @@ class OtlpTransport:
         documents = _documents(batch.records)
         for start in range(0, len(documents), self._max_records):
             part = documents[start : start + self._max_records]
-            try:
-                request = export_request(part, source_tenant=batch.tenant)
+            try:  # built in a thread: ~0.2 ms a record of Python the receivers' event loop need not wait out
+                request = await asyncio.to_thread(export_request, part, source_tenant=batch.tenant)
             except ValueError as error:
                 raise DeliveryFailed(f"an event of seq {part[0][0]}-{part[-1][0]} cannot be sent as OTLP: {error}") from None
             if self._protocol == "grpc":
