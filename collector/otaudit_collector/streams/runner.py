@@ -69,6 +69,61 @@ class _Stop(Exception):
     """The stream is no longer this collector's to deliver as it was: paused, deleted, changed or taken over."""
 
 
+class _ReadAhead:
+    """The batch after the one being sent, read on a connection of its own while that one is
+    sent, so that PostgreSQL reads while the destination writes. Used only when the next read
+    asks for exactly what was read ahead (the same cursor, condition and non-time parameters:
+    a plan change since is read again); anything else, or any error, reads again."""
+
+    def __init__(self, conninfo: str, limit: int) -> None:
+        self._conninfo = conninfo
+        self._limit = limit
+        self._conn: Conn | None = None
+        self._task: asyncio.Task[tuple[list[Record], int]] | None = None
+        self._key: tuple[Any, ...] | None = None
+
+    @staticmethod
+    def _key_of(after: int, where: str, params: list[Any]) -> tuple[Any, ...]:
+        return (after, where, *(p if not isinstance(p, dt.datetime) else None for p in params))
+
+    def start(self, tenant: str, after: int, where: str, params: list[Any]) -> None:
+        self.cancel()
+        self._key = self._key_of(after, where, params)
+        self._task = asyncio.create_task(self._read(tenant, after, where, params))
+
+    async def _read(self, tenant: str, after: int, where: str, params: list[Any]) -> tuple[list[Record], int]:
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+        return await store.read_batch(self._conn, tenant, after, where, params, self._limit)
+
+    async def take(self, after: int, where: str, params: list[Any]) -> tuple[list[Record], int] | None:
+        """What was read ahead for exactly this read, or None."""
+        task, key = self._task, self._key
+        self._task = self._key = None
+        if task is None or key != self._key_of(after, where, params):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            return None
+        try:
+            return await task
+        except (psycopg.Error, OSError):
+            return None
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self._task = self._key = None
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self._conn is not None:
+            await self._conn.close()
+
+
 def make_transport(row: Mapping[str, Any], key: bytes) -> Transport:
     """The destination of a stored stream, its secret decrypted in memory only."""
     settings = row["settings"]
@@ -215,6 +270,13 @@ class StreamRunner:
             log.warning("stream %s: could not give its lease back; it runs out by itself", stream_id, extra={"error": str(exc)})
 
     async def _loop(self, conn: Conn, row: dict[str, Any], transport: Transport) -> None:
+        ahead = _ReadAhead(self.s.conninfo, self.s.batch_records)
+        try:
+            await self._batches(conn, row, transport, ahead)
+        finally:
+            await ahead.close()
+
+    async def _batches(self, conn: Conn, row: dict[str, Any], transport: Transport, ahead: _ReadAhead) -> None:
         tenant, stream_id, version = row["tenant"], row["id"], row["version"]
         cursor: int = row["cursor"]
         attempts: int = row["attempts"]
@@ -230,7 +292,12 @@ class StreamRunner:
                     attempts += 1
                     continue
                 where, params = self._where(tenant, row["filter"], plan)
-                records, upto = await store.read_batch(conn, tenant, cursor, where, params, self.s.batch_records)
+                read = await ahead.take(cursor, where, params)
+                if read is None:
+                    read = await store.read_batch(conn, tenant, cursor, where, params, self.s.batch_records)
+                records, upto = read
+                if len(records) == self.s.batch_records:  # more to come: read it while this one is sent
+                    ahead.start(tenant, upto, where, params)
                 try:
                     records = list(render(records, fmt, self.s.catalogs))
                 except ValueError as exc:  # cannot happen to what the database wrote; never skipped if it does
