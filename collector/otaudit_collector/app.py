@@ -29,7 +29,7 @@ from otaudit_collector.api.reads import ReadContext, add_read_routes
 from otaudit_collector.api.streams import add_stream_routes
 from otaudit_collector.api.viewer import ViewerContext, add_viewer_routes
 from otaudit_collector.api.viewer_auth import ViewerKeys
-from otaudit_collector.api.web import add_web_routes
+from otaudit_collector.api.web import FrameAncestors, add_web_routes
 from otaudit_collector.config import Settings
 from otaudit_collector.core.catalog import CatalogError, CatalogSet, bundled_catalog_dirs, catalog_fingerprint, load_catalogs
 from otaudit_collector.core.export import signing_key
@@ -164,7 +164,9 @@ class Collector:
         self._pool: AsyncConnectionPool[Any] | None = None
         self._retention_stop = threading.Event()  # ends a retention run after its batch in progress
         self._schema_problem: str | None = None  # the database's schema is behind this collector's
-        self.streams = Streams(settings, conninfo, self.metrics, lambda: self.catalogs)  # checks streams.declared before anything starts
+        self.streams = Streams(
+            settings, conninfo, self.metrics, lambda: self.catalogs
+        )  # checks streams.declared before anything starts
 
     # -- readiness -------------------------------------------------------------------
 
@@ -253,7 +255,12 @@ class Collector:
         )
         add_log_routes(api, LogContext(self._pool, lambda: self.log_keys))
         add_openapi_route(api)
-        add_web_routes(api)
+        add_web_routes(
+            api,
+            FrameAncestors.of(
+                self.settings.get("viewer", "frame_ancestors"), self.settings.get("viewer", "tenant_frame_ancestors")
+            ),
+        )
         exports = await self._exports(audit)
         add_export_routes(api, exports)
         add_stream_routes(api, await self.streams.open(self._pool, audit))

@@ -1,5 +1,6 @@
-"""The admin web page: static files from ``api/web/``, no build step, no token needed to
-load them (the page asks for the token and sends it to the API routes itself).
+"""The admin web page and the embeddable viewer: static files from ``api/web/``, no build
+step, no token needed to load them (the admin page asks for the token; the embedded viewer
+takes it from its host page by ``postMessage``) and send it to the API routes themselves.
 
 ``GET /`` redirects to ``/ui/``; ``/ui/`` is ``index.html``; ``/ui/{file}`` the assets.
 Only the files found in the folder at start are served, never a path the client makes
@@ -7,18 +8,28 @@ up. Every answer carries a strict Content-Security-Policy (scripts, styles and
 connections from this origin only; no inline script, no framing), ``nosniff``, no
 referrer, and ``Cache-Control: no-cache`` with an ETag: the browser revalidates each
 time and gets a 304 when the collector's files have not changed.
+
+``/ui/embed.html`` alone may be framed, and only by the origins of ``viewer.frame_ancestors``
+(every tenant's) and, when its URL names a tenant (``?tenant=acme``), of that tenant's
+``viewer.tenant_frame_ancestors``: its ``frame-ancestors`` lists them (``'none'`` when there
+are none) and it carries no ``X-Frame-Options``. The same origins are written into the page
+(``<meta name="otaudit-frame-origins">``): the viewer takes messages from its parent only
+when they come from one of them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import html
 import logging
-from dataclasses import dataclass
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
 
-__all__ = ["add_web_routes", "SECURITY_HEADERS"]
+__all__ = ["EMBED_PAGE", "FrameAncestors", "SECURITY_HEADERS", "add_web_routes", "embed_headers", "origin"]
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +41,66 @@ _TYPES = {
     ".svg": "image/svg+xml",
 }
 
+_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self';"
+    " object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors "
+)
 SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self';"
-        " object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-    ),
+    "Content-Security-Policy": _POLICY + "'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
     "Cross-Origin-Opener-Policy": "same-origin",
 }
+
+EMBED_PAGE = "embed.html"
+_ORIGINS_META = b'<meta name="otaudit-frame-origins" content="">'
+_TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}")
+_ORIGIN = re.compile(r"(https?)://([A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)(?::([0-9]{1,5}))?")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin(text: str) -> str:
+    """An origin of the configuration (``scheme://host[:port]``, as the schema checks it) as a
+    browser writes it in ``event.origin``: lower case, without the scheme's default port."""
+    match = _ORIGIN.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not an origin (scheme://host[:port], http or https, no path)")
+    scheme, host, port = match.group(1).lower(), match.group(2).lower(), match.group(3)
+    if port is not None and not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r}: the port is out of range")
+    if port is None or int(port) == _DEFAULT_PORTS[scheme]:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{int(port)}"
+
+
+def _origins(texts: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(origin(t) for t in texts))
+
+
+@dataclass(frozen=True, slots=True)
+class FrameAncestors:
+    """Who may frame the embeddable viewer: ``viewer.frame_ancestors`` (always) and
+    ``viewer.tenant_frame_ancestors`` (when the page's URL names that tenant)."""
+
+    deployment: tuple[str, ...] = ()
+    tenants: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, deployment: Iterable[str], tenants: Mapping[str, Iterable[str]]) -> FrameAncestors:
+        return cls(_origins(deployment), {tenant: _origins(listed) for tenant, listed in tenants.items()})
+
+    def allowed(self, tenant: str | None) -> tuple[str, ...]:
+        """The origins that may frame the viewer whose URL names ``tenant`` (None: names none)."""
+        extra = self.tenants.get(tenant, ()) if tenant is not None else ()
+        return tuple(dict.fromkeys((*self.deployment, *extra)))
+
+
+def embed_headers(allowed: tuple[str, ...]) -> dict[str, str]:
+    """The security headers of the embeddable viewer framed by ``allowed`` (none: by nobody)."""
+    headers = {name: value for name, value in SECURITY_HEADERS.items() if name != "X-Frame-Options"}
+    headers["Content-Security-Policy"] = _POLICY + (" ".join(allowed) if allowed else "'none'")
+    return headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +111,7 @@ class _File:
 
 
 _FILES: web.AppKey[dict[str, _File]] = web.AppKey("web_files", dict)
+_FRAMERS: web.AppKey[FrameAncestors] = web.AppKey("web_frame_ancestors", FrameAncestors)
 
 
 def _load(folder: Path) -> dict[str, _File]:
@@ -65,9 +127,11 @@ def _load(folder: Path) -> dict[str, _File]:
     return files
 
 
-def add_web_routes(app: web.Application) -> None:
-    """Serve the page; reads its files once, at start."""
+def add_web_routes(app: web.Application, frame_ancestors: FrameAncestors | None = None) -> None:
+    """Serve the pages; reads their files once, at start. ``frame_ancestors``: who may frame
+    the embeddable viewer (None: nobody)."""
     app[_FILES] = _load(_FOLDER)
+    app[_FRAMERS] = frame_ancestors or FrameAncestors()
     app.router.add_get("/", _root)
     app.router.add_get("/ui/", _index)
     app.router.add_get("/ui/{file}", _asset)
@@ -85,11 +149,23 @@ async def _asset(request: web.Request) -> web.Response:
     return _serve(request, request.match_info["file"])
 
 
+def _embed(request: web.Request, page: _File) -> tuple[_File, dict[str, str]]:
+    """The viewer page for this request's ``tenant``: its frame-ancestors, and the same origins in the page."""
+    tenant = request.query.get("tenant")
+    allowed = request.app[_FRAMERS].allowed(tenant if tenant is not None and _TENANT.fullmatch(tenant) else None)
+    listed = html.escape(" ".join(allowed), quote=True).encode()
+    body = page.body.replace(_ORIGINS_META, _ORIGINS_META.replace(b'content=""', b'content="' + listed + b'"'), 1)
+    return _File(body, page.content_type, '"' + hashlib.sha256(body).hexdigest()[:32] + '"'), embed_headers(allowed)
+
+
 def _serve(request: web.Request, name: str) -> web.Response:
     found = request.app[_FILES].get(name)
     if found is None:
         return web.Response(status=404, text="not found\n", headers=SECURITY_HEADERS)
-    headers = {**SECURITY_HEADERS, "Cache-Control": "no-cache", "ETag": found.etag}
+    security = SECURITY_HEADERS
+    if name == EMBED_PAGE:
+        found, security = _embed(request, found)
+    headers = {**security, "Cache-Control": "no-cache", "ETag": found.etag}
     if found.etag in {tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")}:
         return web.Response(status=304, headers=headers)
     return web.Response(body=found.body, headers={**headers, "Content-Type": found.content_type})
