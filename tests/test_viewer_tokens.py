@@ -178,8 +178,11 @@ def _whoami(t: Trail) -> None:
 
 @entry("GET", "/v1/catalog")
 def _catalog(t: Trail) -> None:
-    available = {c["category"]: c["available"] for c in t.call("GET", "/v1/catalog", "category").json()["categories"]}
+    listed = {c["category"]: c for c in t.call("GET", "/v1/catalog", "category").json()["categories"]}
+    available = {name: c["available"] for name, c in listed.items()}
     assert available["accounts_configuration"] and not available["site_access"] and not available["inventory_configuration"]
+    assert listed["site_access"]["plan_needed"] is None, "the plan reads it: the token, not the plan, leaves it out"
+    assert listed["inventory_configuration"]["plan_needed"] == "pro"
 
 
 @entry("GET", "/v1/export")

@@ -468,7 +468,8 @@ async def _catalog(request: web.Request) -> web.Response:
     out = []
     for category in sorted(ctx.catalogs().categories.values(), key=lambda c: c.id):
         available = _readable_here(request, plan, category.id)
-        upgrade = None if available else upgrade_for(category.id, ctx.plans)
+        # the plan reads it but a viewer token does not: no plan to name, the token is the limit
+        upgrade = None if available or plan.reads(category.id) else upgrade_for(category.id, ctx.plans)
         out.append(
             {
                 "category": category.id,
