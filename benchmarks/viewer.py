@@ -3,7 +3,8 @@
 
 Issue 15's goal: the viewer's first page is interactive within 1 s on the 5M-event data set.
 A host page on another origin frames ``/ui/embed.html`` and hands it a viewer token its own
-backend mints with an admin token (as the README's snippet does). Measured, in a fresh browser
+backend mints with an admin token, asked for while the viewer loads (as the README's snippet
+does). Measured, in a fresh browser
 context each time (nothing cached): from the moment the host page frames the viewer to the first
 page of events shown in it (rows in the table, no longer busy), both read on the browser's
 clocks (``performance.timeOrigin + now()`` of each frame); and, for reference, from the
@@ -44,11 +45,12 @@ HOST_PAGE = """<!doctype html><html><head><meta charset="utf-8"><link rel="icon"
 <script>
 const VIEWER = "__COLLECTOR__";
 const frame = document.getElementById("viewer");
+// As the README's snippet: the token is asked for while the viewer loads.
+const first = fetch("/audit-token", { method: "POST" }).then((answer) => answer.json()).then((body) => body.token);
 addEventListener("message", async (event) => {
   if (event.source !== frame.contentWindow || event.origin !== VIEWER) return;
   if (event.data.type === "otaudit:ready") {
-    const { token } = await (await fetch("/audit-token", { method: "POST" })).json();
-    frame.contentWindow.postMessage({ type: "otaudit:token", token }, VIEWER);
+    frame.contentWindow.postMessage({ type: "otaudit:token", token: await first }, VIEWER);
   }
 });
 window.framedAt = performance.timeOrigin + performance.now();
