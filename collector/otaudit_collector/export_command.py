@@ -105,10 +105,12 @@ class _Target:
 
 
 class ApiError(Exception):
-    pass
+    """The API refused (its status and message), or could not be reached."""
 
 
-def _call(method: str, url: str, token: str, body: Mapping[str, Any] | None = None) -> Any:
+def api_call(method: str, url: str, token: str, body: Mapping[str, Any] | None = None) -> Any:
+    """One API request as the token (the commands' client, ``otaudit export`` and ``otaudit
+    stream``): its JSON answer, None for an empty one (204), ``ApiError`` otherwise."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method)
     request.add_header("Authorization", f"Bearer {token}")
@@ -116,7 +118,8 @@ def _call(method: str, url: str, token: str, body: Mapping[str, Any] | None = No
         request.add_header("Content-Type", "application/json")
     try:
         with urllib.request.urlopen(request, timeout=60) as answer:
-            return json.load(answer)
+            text = answer.read()
+            return json.loads(text) if text else None
     except urllib.error.HTTPError as exc:
         try:
             message = json.load(exc)["message"]
@@ -139,13 +142,13 @@ def export_via_api(
 ) -> int:
     base = url.rstrip("/")
     try:
-        job = _call("POST", base + "/v1/exports", token, {"format": fmt.name, "bom": bom, **filters})
+        job = api_call("POST", base + "/v1/exports", token, {"format": fmt.name, "bom": bom, **filters})
         if job.get("since_clamped"):
             print(f"otaudit: {job['since_clamped']}", file=sys.stderr)
         while job["state"] not in ("done", "failed"):
             progress.update(job["rows"], job["total"])
             time.sleep(poll_seconds)
-            job = _call("GET", f"{base}/v1/exports/{job['id']}", token)
+            job = api_call("GET", f"{base}/v1/exports/{job['id']}", token)
         if job["state"] == "failed":
             progress.finish(f"otaudit: export job {job['id']} failed: {job['error']}")
             return 1

@@ -16,6 +16,8 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from otaudit_collector.export_command import ApiError, api_call
+
 __all__ = ["add_stream_parser", "stream_command", "start_from_text"]
 
 _FILTERS = ("category", "event", "actor", "target-type", "target-id", "outcome")
@@ -64,30 +66,6 @@ def start_from_text(text: str) -> Any:
         except ValueError:
             raise ValueError(f"--start {text}: seq:N takes a whole number") from None
     return {"time": text}
-
-
-class _ApiError(Exception):
-    pass
-
-
-def _call(method: str, url: str, token: str, body: Mapping[str, Any] | None = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
-    request.add_header("Authorization", f"Bearer {token}")
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=60) as answer:
-            text = answer.read()
-            return json.loads(text) if text else None
-    except urllib.error.HTTPError as exc:
-        try:
-            message = json.load(exc)["message"]
-        except (ValueError, KeyError, TypeError):
-            message = exc.reason
-        raise _ApiError(f"{method} {urllib.parse.urlsplit(url).path}: {exc.code} {message}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise _ApiError(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None
 
 
 def _line(stream: Mapping[str, Any]) -> str:
@@ -151,7 +129,7 @@ def stream_command(args: argparse.Namespace, out: Callable[[str], None] = print)
                 "start": start_from_text(args.start),
                 "format": args.format,
             }
-            made = _call("POST", base, token, body)
+            made = api_call("POST", base, token, body)
             if args.json:
                 out(json.dumps(made))
                 return 0
@@ -162,7 +140,7 @@ def stream_command(args: argparse.Namespace, out: Callable[[str], None] = print)
             out(made["secret"])
             return 0
         if args.action == "list":
-            listed = _call("GET", base, token)
+            listed = api_call("GET", base, token)
             for stream in listed["streams"]:
                 out(json.dumps(stream) if args.json else _line(stream))
             if not listed["streams"] and not args.json:
@@ -170,16 +148,16 @@ def stream_command(args: argparse.Namespace, out: Callable[[str], None] = print)
             return 0
         path = f"{base}/{urllib.parse.quote(args.id, safe='')}"
         if args.action == "show":
-            shown = _call("GET", path, token)
+            shown = api_call("GET", path, token)
             out(json.dumps(shown) if args.json else _show(shown))
             return 0
         if args.action == "delete":
-            _call("DELETE", path, token)
+            api_call("DELETE", path, token)
             out(json.dumps({"id": args.id, "deleted": True}) if args.json else f"deleted stream {args.id}")
             return 0
-        changed = _call("POST", f"{path}/{args.action}", token)
+        changed = api_call("POST", f"{path}/{args.action}", token)
         out(json.dumps(changed) if args.json else f"stream {changed['id']} is {changed['state']}, cursor {changed['cursor']}")
         return 0
-    except (_ApiError, ValueError) as exc:
+    except (ApiError, ValueError) as exc:
         print(f"otaudit: {exc}", file=sys.stderr)
         return 1
