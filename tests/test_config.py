@@ -64,6 +64,7 @@ def test_precedence_flag_env_file_default(tmp_path: Path) -> None:
         "api_port": 4319,
         "header_timeout_seconds": 10,
         "idle_timeout_seconds": 75,
+        "workers": 1,
     }
     assert defaults.source == "defaults"
 

@@ -202,7 +202,14 @@ def test_deployment_essentials(chart: helm.Chart) -> None:
     pod_labels = one(manifests, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
     # What the ports say, the collector is told: every interface, the same ports.
-    assert config["listen"] == {"host": "0.0.0.0", "grpc_port": 4317, "http_port": 4318, "api_host": "0.0.0.0", "api_port": 4319}
+    assert config["listen"] == {
+        "host": "0.0.0.0",
+        "grpc_port": 4317,
+        "http_port": 4318,
+        "api_host": "0.0.0.0",
+        "api_port": 4319,
+        "workers": 1,
+    }
 
     assert container["image"] == f"ghcr.io/otaudit/otaudit:{otaudit_collector.__version__}"
     assert container["args"] == ["serve", "--config", CONFIG_PATH]
@@ -234,10 +241,12 @@ def test_deployment_essentials(chart: helm.Chart) -> None:
     assert env["OTAUDIT_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": RELEASE, "key": "database-url"}
     assert env["OTAUDIT_TOKEN_PEPPER"]["valueFrom"]["secretKeyRef"] == {"name": RELEASE, "key": "token-pepper"}
     assert env["OTAUDIT_SIGNING_KEY"]["valueFrom"]["secretKeyRef"] == {"name": RELEASE, "key": "signing-key"}
+    assert env["OTAUDIT_DATABASE_READ_URL"]["valueFrom"]["secretKeyRef"] == {"name": RELEASE, "key": "database-read-url"}
     assert env["OTAUDIT_CONFIG"]["value"] == CONFIG_PATH  # so that `kubectl exec ... otaudit token create` finds it
     values = ci_values("deployment-minimal.yaml")
     assert secret_data(manifests, RELEASE) == {
         "database-url": values["database"]["url"],
+        "database-read-url": values["database"]["readUrl"],
         "token-pepper": values["auth"]["tokenPepper"],
         "signing-key": values["integrity"]["signingKey"],
     }
@@ -293,6 +302,7 @@ def test_hpa_pdb_ingress_existing_secret_and_catalogs(chart: helm.Chart) -> None
     assert env["OTAUDIT_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "otaudit-secrets", "key": "url"}
     assert env["OTAUDIT_TOKEN_PEPPER"]["valueFrom"]["secretKeyRef"] == {"name": "otaudit-secrets", "key": "pepper"}
     assert env["OTAUDIT_SIGNING_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "otaudit-secrets", "key": "log-key"}
+    assert env["OTAUDIT_DATABASE_READ_URL"]["valueFrom"]["secretKeyRef"] == {"name": "otaudit-secrets", "key": "replica-url"}
 
     config = rendered_config(manifests)
     assert config["catalogs"]["dirs"] == [CATALOGS_PATH]
@@ -582,6 +592,7 @@ def collector_config_schema() -> dict[str, Any]:
 
     config: dict[str, Any] = inline({k: v for k, v in schema.items() if k not in ("$schema", "$id", "title")})
     del config["properties"]["database"]["properties"]["url"]
+    del config["properties"]["database"]["properties"]["read_url"]
     del config["properties"]["auth"]["properties"]["token_pepper"]
     del config["properties"]["integrity"]["properties"]["signing_key"]
     return config
@@ -593,7 +604,7 @@ def test_config_schema_is_the_collectors() -> None:
     config.pop("description")
     assert config == collector_config_schema(), (
         "helm/otaudit/values.schema.json properties.config differs from the collector's schema.json "
-        "(inlined, without database.url, auth.token_pepper and integrity.signing_key): copy the change over"
+        "(inlined, without database.url, database.read_url, auth.token_pepper and integrity.signing_key): copy the change over"
     )
 
 
@@ -742,6 +753,8 @@ def test_collector_runs_with_the_rendered_configuration(chart: helm.Chart, db: s
                 assert subprocess.run(command, check=False, timeout=30).returncode == 0, command
 
         if values_file == "deployment-catalogs.yaml":
+            assert config["listen"]["workers"] == 2
+            assert any(line.startswith("  workers     2 processes") for line in proc.output)
             # A shared collector: any service sends over the Service's OTLP/gRPC port, here with a category of its own catalog.
             uid = str(uuid.uuid4())
             event = invoice_event()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -15,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import psycopg
 from aiohttp import web
@@ -39,7 +42,7 @@ from otaudit_collector.core.tokens import TokenCache
 from otaudit_collector.core.viewer_tokens import root_key
 from otaudit_collector.http_server import LIMITS, BoundedSite
 from otaudit_collector.integrity import LogKeys, Witnesses, load_log_keys, make_checkpoints
-from otaudit_collector.metrics import Metrics
+from otaudit_collector.metrics import Metrics, merge_expositions
 from otaudit_collector.pipeline import Ingestor
 from otaudit_collector.receivers.auth import IngestAuth
 from otaudit_collector.receivers.otlp_grpc import create_grpc_server
@@ -47,12 +50,13 @@ from otaudit_collector.receivers.otlp_http import create_http_app
 from otaudit_collector.selfaudit import SelfAudit, Sessions
 from otaudit_collector.storage.log import catch_up, tenants_behind
 from otaudit_collector.storage.migrate import available_migrations
+from otaudit_collector.storage.replica import ReadReplica
 from otaudit_collector.storage.retention import run_retention
 from otaudit_collector.storage.titles import store_titles_async
 from otaudit_collector.storage.writer import Writer
 from otaudit_collector.streams.service import Streams
 
-__all__ = ["Collector", "Endpoints", "catalog_dirs", "policy_from", "ensure_partitions"]
+__all__ = ["Collector", "Endpoints", "Role", "catalog_dirs", "policy_from", "ensure_partitions", "settle_process"]
 
 log = logging.getLogger("otaudit")
 
@@ -64,7 +68,23 @@ SCHEMA_CHECK_SECONDS = 5.0
 class Endpoints:
     grpc: tuple[str, int]
     http: tuple[str, int]
-    api: tuple[str, int]
+    api: tuple[str, int] | None  # None: an ingest worker, which serves no API
+
+
+@dataclass(frozen=True, slots=True)
+class Role:
+    """What one collector process does. The default is the whole collector in one process;
+    ``otaudit serve --workers N`` runs one ``api`` worker and N-1 others (workers.py)."""
+
+    api: bool = True
+    """Serve the API and run the periodic work (retention, exports, streams, checkpoints)."""
+    shared_ports: bool = False
+    """Bind the ports with SO_REUSEPORT, beside the other workers of the same supervisor."""
+    metrics_socket: str | None = None
+    """A worker without the API serves its ``/metrics`` on this Unix socket, for the API worker."""
+    peers: tuple[str, ...] = ()
+    """The API worker adds up its own metrics and those of the workers at these sockets."""
+    workers: int = 1
 
 
 def catalog_dirs(settings: Settings) -> list[Path]:
@@ -101,10 +121,24 @@ def ensure_partitions(conninfo: str, months_ahead: int) -> None:
             conn.execute("SELECT otaudit_ensure_partition(%s)", (datetime(year, month % 12 + 1, 1, tzinfo=UTC),))
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def settle_process() -> None:
+    """Tune a collector process once it has started (``otaudit serve`` and each of its workers)."""
+    # Everything loaded so far lives as long as the process: keep it out of the garbage
+    # collector's full passes, which otherwise scan it again and again.
+    gc.collect()
+    gc.freeze()
+    # Requests are prepared on worker threads; a short switch interval lets the event loop
+    # take the GIL back promptly for each round trip of the database writer, so PostgreSQL
+    # is not left waiting while Python works (the default is 5 ms).
+    sys.setswitchinterval(0.0005)
+
+
+def _bind(host: str, port: int, *, shared: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if shared:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -118,8 +152,9 @@ def _bind(host: str, port: int) -> socket.socket:
 class Collector:
     """Owns the servers and the writer of one collector process."""
 
-    def __init__(self, settings: Settings, conninfo: str, catalogs: CatalogSet) -> None:
+    def __init__(self, settings: Settings, conninfo: str, catalogs: CatalogSet, role: Role | None = None) -> None:
         self.settings = settings
+        self.role = role or Role()
         self.conninfo = conninfo
         self.catalogs = catalogs
         ingest = settings.get("ingest")
@@ -162,6 +197,7 @@ class Collector:
         self._stopped = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._pool: AsyncConnectionPool[Any] | None = None
+        self._replica: ReadReplica | None = None  # database.read_url's standby, for reads that tolerate its lag
         self._retention_stop = threading.Event()  # ends a retention run after its batch in progress
         self._schema_problem: str | None = None  # the database's schema is behind this collector's
         self.streams = Streams(
@@ -201,6 +237,7 @@ class Collector:
             max_streams_per_connection=ingest["grpc_max_streams_per_connection"],
             retry_after_seconds=float(ingest["retry_after_seconds"]),
             auth=self.ingest_auth,
+            reuse_port=self.role.shared_ports,
         )
         address = f"[{host}]:{listen['grpc_port']}" if ":" in host else f"{host}:{listen['grpc_port']}"
         try:
@@ -221,13 +258,16 @@ class Collector:
             host,
             listen["http_port"],
         )
+        if not self.role.api:
+            return await self._start_ingest_worker((host, grpc_port), (host, http_port))
         self._pool = AsyncConnectionPool(
             self.conninfo, min_size=1, max_size=4, open=False, name="otaudit-api", kwargs={"autocommit": True}
         )
         await self._pool.open()
         self.metrics.watch_pool("api", self._pool.get_stats)
+        self._replica = await ReadReplica.open(self.settings, self._pool, self.metrics)
         await self._store_titles("start")
-        api = create_api_app(self.not_ready, self.metrics.render)
+        api = create_api_app(self.not_ready, self._render_metrics)
         audit = SelfAudit(self.ingestor)
         add_read_routes(
             api,
@@ -243,6 +283,7 @@ class Collector:
                 ),
                 details_prefix_keys=frozenset(self.settings.get("search", "details_prefix_keys")),
                 viewers=ViewerKeys(await self._viewer_root(), float(self.settings.get("auth", "token_cache_seconds"))),
+                replica=self._replica,
             ),
         )
         add_viewer_routes(
@@ -279,6 +320,43 @@ class Collector:
             self._tasks.append(asyncio.create_task(self._checkpoint_loop(), name="otaudit-checkpoints"))
             self._tasks.append(asyncio.create_task(self._catch_up_loop(), name="otaudit-log-catch-up"))
         return Endpoints((host, grpc_port), (host, http_port), (api_host, api_port))
+
+    async def _start_ingest_worker(self, grpc_at: tuple[str, int], http_at: tuple[str, int]) -> Endpoints:
+        """The rest of a worker without the API: its metrics for the API worker, catalog reloads,
+        and the catch-up of a log it left behind (the API worker signs the checkpoints)."""
+        if self.role.metrics_socket:
+            metrics = web.Application()
+            metrics.router.add_get("/metrics", self._own_metrics)
+            runner = web.AppRunner(metrics, access_log=None)
+            await runner.setup()
+            self._runners.append(runner)
+            await web.UnixSite(runner, self.role.metrics_socket).start()
+        interval = float(self.settings.get("catalogs", "reload_interval_seconds"))
+        if interval > 0:
+            self._tasks.append(asyncio.create_task(self._watch_catalogs(interval), name="otaudit-catalog-watch"))
+        if self.integrity["enabled"]:
+            self._tasks.append(asyncio.create_task(self._catch_up_loop(scan_first=False), name="otaudit-log-catch-up"))
+        return Endpoints(grpc_at, http_at, None)
+
+    async def _own_metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), content_type="text/plain")
+
+    async def _render_metrics(self) -> bytes:
+        """This process's metrics; under ``--workers``, added up with every worker's (metrics.merge_expositions)."""
+        own = self.metrics.render()
+        if not self.role.peers:
+            return own
+        texts = [own]
+        for path in self.role.peers:
+            try:
+                async with aiohttp.ClientSession(
+                    connector=aiohttp.UnixConnector(path=path), timeout=aiohttp.ClientTimeout(total=2)
+                ) as session, session.get("http://worker/metrics") as response:
+                    if response.status == 200:
+                        texts.append(await response.read())
+            except (TimeoutError, OSError, aiohttp.ClientError):
+                continue  # a worker restarting: otaudit_workers_reporting says it is missing
+        return merge_expositions(texts, workers=self.role.workers)
 
     async def _viewer_root(self) -> bytes:
         """The root of the viewer keys: the database's random key mixed with the pepper."""
@@ -330,7 +408,7 @@ class Collector:
             "keepalive_timeout": float(listen["idle_timeout_seconds"]),
             **LIMITS,
         }
-        sock = _bind(host, port)
+        sock = _bind(host, port, shared=self.role.shared_ports)
         try:
             runner = web.AppRunner(app, shutdown_timeout=float(self.settings.get("shutdown", "grace_seconds")), **handler)
             await runner.setup()
@@ -365,6 +443,8 @@ class Collector:
         self.ingestor.close()
         await self.ingest_auth.close()
         await self.writer.close(timeout=max(0.1, deadline - asyncio.get_running_loop().time()))
+        if self._replica is not None:
+            await self._replica.close()
         if self._pool is not None:
             await self._pool.close()
         self._stopped.set()
@@ -400,10 +480,12 @@ class Collector:
         assert self.log_keys is not None
         return await asyncio.to_thread(make_checkpoints, self.conninfo, self.log_keys, self.witnesses)
 
-    async def _catch_up_loop(self) -> None:
-        """Append what the log lacks: events stored while it was off, or before it existed."""
+    async def _catch_up_loop(self, *, scan_first: bool = True) -> None:
+        """Append what the log lacks: events stored while it was off, or before it existed
+        (``scan_first``: look for them in every tenant at start; a worker without the API
+        leaves that to the API worker and catches up only with what it left behind itself)."""
         interval = float(self.integrity["catch_up_seconds"])
-        first = True
+        first = scan_first
         while True:
             try:
                 behind = await asyncio.to_thread(self._tenants_behind) if first else sorted(self._behind)
@@ -528,6 +610,7 @@ def describe(endpoints: Endpoints, database: str, catalogs: CatalogSet, keys: Lo
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     events = sum(len(c.events) for c in catalogs.categories.values())
+    assert endpoints.api is not None, "the API worker's endpoints"
     log_lines: tuple[str, ...] = ()
     if keys is not None:  # the public key only: what an auditor pins; the signing key never leaves its source
         log_lines = (

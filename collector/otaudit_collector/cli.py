@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -45,6 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=int, metavar="PORT", help="OTLP/HTTP port, 0 for any free port (OTAUDIT_HTTP_PORT)")
     serve.add_argument("--api-host", help="address the API binds to (OTAUDIT_API_HOST)")
     serve.add_argument("--api-port", type=int, metavar="PORT", help="API port, 0 for any free port (OTAUDIT_API_PORT)")
+    serve.add_argument(
+        "--database-read-url",
+        metavar="URL",
+        help="a streaming replica of the database for the API's event pages (OTAUDIT_DATABASE_READ_URL)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="collector processes sharing the OTLP ports; the first also serves the API (OTAUDIT_WORKERS)",
+    )
 
     with_config(commands.add_parser("migrate", help="apply database migrations"))
 
@@ -161,11 +171,13 @@ def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[tuple[str, ...], Any] = {
         ("database", "data_dir"): absolute(getattr(args, "data_dir", None)),
         ("database", "url"): getattr(args, "database_url", None),
+        ("database", "read_url"): getattr(args, "database_read_url", None),
         ("listen", "host"): getattr(args, "host", None),
         ("listen", "grpc_port"): getattr(args, "grpc_port", None),
         ("listen", "http_port"): getattr(args, "http_port", None),
         ("listen", "api_host"): getattr(args, "api_host", None),
         ("listen", "api_port"): getattr(args, "api_port", None),
+        ("listen", "workers"): getattr(args, "workers", None),
     }
     return load_settings(getattr(args, "config", None), environ=os.environ, overrides=overrides)
 
@@ -239,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from otaudit_collector.admin import bootstrap_admin_token
-    from otaudit_collector.app import Collector, catalog_dirs, describe, ensure_partitions
+    from otaudit_collector.app import Collector, catalog_dirs, describe, ensure_partitions, settle_process
     from otaudit_collector.storage.database import open_database
     from otaudit_collector.storage.migrate import apply_migrations
     from otaudit_collector.storage.search_indexes import sync_prefix_indexes
@@ -252,11 +264,28 @@ def _serve(args: argparse.Namespace) -> int:
     )
     catalogs = load_catalogs(catalog_dirs(settings))
     database = open_database(settings, create=True)  # the one command that makes the embedded database
+    if settings.get("database", "read_url"):
+        database.description += "; event pages from a streaming replica (database.read_url)"
     try:
         apply_migrations(database.conninfo)
         sync_prefix_indexes(database.conninfo, settings.get("search", "details_prefix_keys"))
         ensure_partitions(database.conninfo, settings.get("ingest", "partitions_ahead_months"))
         bootstrap = bootstrap_admin_token(database.conninfo, settings)
+
+        def announce() -> None:
+            if bootstrap is not None:  # stdout, once, never the log
+                print(f"No admin token existed: this one is for tenant '{bootstrap[0]}' (shown once; keep it now):")
+                print(bootstrap[1])
+
+        if settings.get("listen", "workers") > 1:
+            from otaudit_collector.workers import WorkerFailed, supervise
+
+            try:
+                supervise(settings, database.conninfo, database.description, catalogs, announce)
+            except WorkerFailed as exc:
+                print(f"otaudit: {exc}", file=sys.stderr)
+                return 1
+            return 0
 
         async def run() -> None:
             collector = Collector(settings, database.conninfo, catalogs)
@@ -265,17 +294,8 @@ def _serve(args: argparse.Namespace) -> int:
             except BaseException:
                 await collector.stop(0)
                 raise
-            # Everything loaded so far lives as long as the process: keep it out of the
-            # garbage collector's full passes, which otherwise scan it again and again.
-            gc.collect()
-            gc.freeze()
-            # Requests are prepared on worker threads; a short switch interval lets the event
-            # loop take the GIL back promptly for each round trip of the database writer, so
-            # PostgreSQL is not left waiting while Python works (the default is 5 ms).
-            sys.setswitchinterval(0.0005)
-            if bootstrap is not None:  # stdout, once, never the log
-                print(f"No admin token existed: this one is for tenant '{bootstrap[0]}' (shown once; keep it now):")
-                print(bootstrap[1])
+            settle_process()
+            announce()
             keys = collector.log_keys if settings.get("integrity", "enabled") else None
             print("\n".join(describe(endpoints, database.description, catalogs, keys)), flush=True)
             await collector.run_until_signalled(float(settings.get("shutdown", "grace_seconds")))

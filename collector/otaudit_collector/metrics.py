@@ -18,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from types import TracebackType
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from otaudit_collector.core.errors import IngestError
@@ -33,12 +35,15 @@ __all__ = [
     "EXPORT_STREAM_OUTCOMES",
     "Metrics",
     "PoolStats",
+    "REPLICA_SERVERS",
     "REQUEST_OUTCOMES",
+    "ReplicaFigures",
     "RETENTION_OUTCOMES",
     "STREAM_STATES",
     "RequestTimer",
     "TRANSPORTS",
     "UNKNOWN_CATEGORY",
+    "merge_expositions",
     "request_outcome",
 ]
 
@@ -65,6 +70,19 @@ UNKNOWN_CATEGORY = "unknown"
 PoolStats = Callable[[], Mapping[str, int]]
 """A connection pool's ``get_stats()``: psycopg_pool's keys ``pool_max``, ``pool_size``
 (connections open), ``pool_available`` (idle) and ``requests_waiting``."""
+
+REPLICA_SERVERS = ("replica", "primary")
+"""Where a lag-tolerant read (event pages, search, one event) was answered (database.read_url)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaFigures:
+    """The read replica as last measured (storage/replica.py ``ReadReplica.figures``)."""
+
+    up: bool  # it answers as a standby
+    in_use: bool  # lag-tolerant reads go to it
+    lag_seconds: float  # its replay lag; NaN when not known (down, not a standby)
+    reads: Mapping[str, int]  # lag-tolerant reads answered, by REPLICA_SERVERS
 
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _RECORDS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 50000)
@@ -148,6 +166,41 @@ class _Pools(Collector):
         return [connections, maximum, waiting]
 
 
+class _Replica(Collector):
+    """The read replica (``database.read_url``), read when scraped; no series without one."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], ReplicaFigures] | None = None
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        if self.source is None:
+            return []
+        figures = self.source()
+        up = GaugeMetricFamily("otaudit_replica_up", "1 while database.read_url answers as a streaming standby.")
+        up.add_metric([], 1 if figures.up else 0)
+        in_use = GaugeMetricFamily(
+            "otaudit_replica_in_use",
+            "1 while event pages and search read from the replica; 0 while they fall back to the primary"
+            " (replica down, not a standby, or lagging more than database.max_replica_lag_seconds).",
+        )
+        in_use.add_metric([], 1 if figures.in_use else 0)
+        lag = GaugeMetricFamily(
+            "otaudit_replica_lag_seconds", "The replica's replay lag behind the primary, as last measured; NaN when not known."
+        )
+        lag.add_metric([], figures.lag_seconds)
+        reads = CounterMetricFamily(
+            "otaudit_replica_reads",
+            "Lag-tolerant reads (event pages, search, one event) by the server that answered them: replica or primary.",
+            labels=["server"],
+        )
+        for server in REPLICA_SERVERS:
+            reads.add_metric([server], figures.reads.get(server, 0))
+        return [up, in_use, lag, reads]
+
+
 class Metrics:
     """The instruments of one collector, in a registry of their own."""
 
@@ -208,6 +261,8 @@ class Metrics:
         )
         self._pools = _Pools()
         r.register(self._pools)
+        self._replica = _Replica()
+        r.register(self._replica)
 
         # -- exports -------------------------------------------------------------------
         self.export_jobs_created = Counter("otaudit_export_jobs_created", "Export jobs created (POST /v1/exports).", registry=r)
@@ -308,6 +363,10 @@ class Metrics:
         """Report a connection pool's use as ``otaudit_db_connections{pool=name}`` and the rest."""
         self._pools.sources[name] = stats
 
+    def watch_replica(self, figures: Callable[[], ReplicaFigures]) -> None:
+        """Report the read replica as ``otaudit_replica_up``, ``_in_use``, ``_lag_seconds`` and ``_reads_total``."""
+        self._replica.source = figures
+
     def retention_run(
         self, outcome: str, *, events_deleted: int = 0, partitions_dropped: int = 0, now: Callable[[], float] = time.time
     ) -> None:
@@ -342,3 +401,52 @@ def _remove(metric: Gauge | Counter, *labels: str) -> None:
         metric.remove(*labels)
     except KeyError:
         pass  # never set
+
+
+def merge_expositions(expositions: Iterable[bytes], *, workers: int) -> bytes:
+    """The expositions of a collector's worker processes as one collector's: samples with the same
+    name and labels are added up (counters, histograms, in-flight and pool gauges), except the
+    times: ``*_created`` keeps the earliest, ``*_timestamp_seconds`` the latest. Dashboards and
+    alerts then read the same series whatever ``listen.workers`` is; ``otaudit_workers_reporting``
+    says how many processes the figures include (fewer than ``workers`` while one restarts)."""
+    families: dict[str, Metric] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    reporting = 0
+    for text in expositions:
+        reporting += 1
+        for family in text_string_to_metric_families(text.decode("utf-8")):
+            if family.name not in families:
+                families[family.name] = Metric(family.name, family.documentation, family.type)
+                values[family.name] = {}
+            merged = values[family.name]
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                old = merged.get(key)
+                if old is None:
+                    merged[key] = sample.value
+                elif sample.name.endswith("_created"):
+                    merged[key] = min(old, sample.value)
+                elif sample.name.endswith("_timestamp_seconds"):
+                    merged[key] = max(old, sample.value)
+                else:
+                    merged[key] = old + sample.value
+    registry = CollectorRegistry(auto_describe=False)
+    for name, metric in families.items():
+        for (sample_name, labels), value in values[name].items():
+            metric.add_sample(sample_name, dict(labels), value)
+    gauge = GaugeMetricFamily(
+        "otaudit_workers_reporting", f"Worker processes whose figures /metrics includes, of {workers} (listen.workers)."
+    )
+    gauge.add_metric([], reporting)
+    registry.register(_Fixed([*families.values(), gauge]))
+    return generate_latest(registry)
+
+
+class _Fixed(Collector):
+    """Metrics gathered already: what ``merge_expositions`` hands to the exposition writer."""
+
+    def __init__(self, metrics: list[Metric]) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return self._metrics

@@ -8,6 +8,12 @@ and one event older than the window is a 404, as if it were not there (an upgrad
 
 Which routes need no token is decided by the route that matched (its canonical pattern),
 never by the path: an encoded slash or a dot segment cannot make one route look like another.
+
+With a read replica (``database.read_url``, storage/replica.py), only the reads that tolerate
+its lag go to it (``lag_tolerant``): a page of events (search, an object's history) and one
+event, which is asked of the primary again when the replica lacks it yet. The feed, which a
+client resumes from the ``seq`` it was handed, tokens and viewer keys (a revocation must hold
+at once), and every route of the other modules read the primary (``ReadContext.pool``).
 """
 
 from __future__ import annotations
@@ -17,12 +23,13 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
+from otaudit_collector.api.health import add_readiness_details
 from otaudit_collector.api.viewer_auth import ViewerKeys
 from otaudit_collector.core.catalog import CatalogSet
 from otaudit_collector.core.errors import IngestError
@@ -50,6 +57,7 @@ from otaudit_collector.core.tokens import Principal, TokenCache, bearer_credenti
 from otaudit_collector.core.viewer_tokens import InvalidViewerToken, is_viewer_token
 from otaudit_collector.selfaudit import Access, Sessions
 from otaudit_collector.storage.access import authenticate_async
+from otaudit_collector.storage.replica import ReadReplica
 
 __all__ = [
     "OPEN_ROUTES",
@@ -59,6 +67,7 @@ __all__ = [
     "auth_middleware",
     "error",
     "iso",
+    "lag_tolerant",
     "principal_of",
     "plan_filters",
     "plan_of",
@@ -70,6 +79,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +94,7 @@ class ReadContext:
     tokens: TokenCache | None = None  # recently checked tokens; None looks each one up
     viewers: ViewerKeys | None = None  # tenants' viewer key generations; None refuses viewer tokens
     details_prefix_keys: frozenset[str] = frozenset()  # details keys with a prefix index (search.details_prefix_keys)
+    replica: ReadReplica | None = None  # where lag-tolerant reads go (database.read_url); None: all on ``pool``
 
 
 READS: web.AppKey[ReadContext] = web.AppKey("reads", ReadContext)
@@ -194,12 +206,25 @@ async def _authenticate(ctx: ReadContext, token: str) -> Principal | None:
 def add_read_routes(app: web.Application, ctx: ReadContext) -> None:
     app[READS] = ctx
     app.middlewares.append(auth_middleware)
+    if ctx.replica is not None and ctx.replica.configured:
+        add_readiness_details(app, ctx.replica.readiness)  # /readyz shows the replica's state and lag
     app.router.add_get("/v1/events", _events)
     app.router.add_get("/v1/events/{id}", _event)
     app.router.add_get("/v1/feed", _feed)
     app.router.add_get("/v1/tenants/{tenant}/plan", _plan_route)
     app.router.add_get("/v1/catalog", _catalog)
     app.router.add_get("/v1/whoami", _whoami)
+
+
+async def lag_tolerant(
+    ctx: ReadContext, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]], *, again: Callable[[T], bool] | None = None
+) -> T:
+    """``work(conn)`` on the read replica while it is in use, else on the primary: for reads that
+    may be ``database.max_replica_lag_seconds`` behind. ``again(result)`` true: ask the primary too."""
+    if ctx.replica is not None:
+        return await ctx.replica.read(work, again=again)
+    async with ctx.pool.connection() as conn:
+        return await work(conn)
 
 
 def principal_of(request: web.Request) -> Principal:
@@ -312,25 +337,35 @@ async def _events(request: web.Request) -> web.Response:
 async def _page(ctx: ReadContext, tenant: str, categories: list[str] | None, filters: Filters) -> list[tuple[Any, ...]]:
     """(occurred_at, seq, document) of one page."""
     sql, params = events_sql(tenant, categories, filters, columns=f"occurred_at, seq, {DOCUMENT_SQL}")
-    async with ctx.pool.connection() as conn:
+
+    async def page(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
         cur = await conn.execute(sql, params, prepare=False if filters.custom_plan else None)
-        rows: list[tuple[Any, ...]] = await cur.fetchall()
-        return rows
+        return await cur.fetchall()
+
+    return await lag_tolerant(ctx, page)  # a page may be a moment behind (read replica)
 
 
-async def readable_event(request: web.Request, columns: str) -> tuple[Any, ...] | web.Response:
+async def readable_event(request: web.Request, columns: str, *, replica: bool = False) -> tuple[Any, ...] | web.Response:
     """The row (``columns``) of the event ``{id}`` of the token's tenant, or the answer when the
     caller may not read it: 404 when absent or older than the plan's query window (as if absent),
-    403 when its category is outside the plan. Every route that shows one event goes through here."""
+    403 when its category is outside the plan. Every route that shows one event goes through here.
+    ``replica``: it may be read from the read replica (not found there: from the primary)."""
     ctx = request.app[READS]
     principal = request[_PRINCIPAL]
-    async with ctx.pool.connection() as conn:
+
+    async def fetch(conn: psycopg.AsyncConnection[Any]) -> tuple[Any, ...] | None:
         cur = await conn.execute(
             f"SELECT category, occurred_at, {columns} FROM events WHERE tenant = %(tenant)s AND (id, occurred_at) ="
             " (SELECT id, occurred_at FROM event_ids WHERE tenant = %(tenant)s AND id = %(id)s)",
             {"tenant": principal.tenant, "id": request.match_info["id"]},
         )
-        row = await cur.fetchone()
+        return await cur.fetchone()
+
+    if replica:
+        row = await lag_tolerant(ctx, fetch, again=lambda found: found is None)  # just stored: the primary has it
+    else:
+        async with ctx.pool.connection() as conn:
+            row = await fetch(conn)
     if row is None:
         return error(404, "not_found", f"no event {request.match_info['id']!r} in this tenant's trail")
     plan = plan_of(request)
@@ -369,6 +404,7 @@ async def _event(request: web.Request) -> web.Response:
         request,
         f"{DOCUMENT_SQL}, seq, seals::text, (SELECT log_size FROM tenant_seq s WHERE s.tenant = events.tenant),"
         " (SELECT max(size) FROM log_checkpoints c WHERE c.tenant = events.tenant)",
+        replica=True,  # its log position may be a moment behind; /v1/events/{id}/proof reads the primary
     )
     if isinstance(found, web.Response):
         return found

@@ -38,7 +38,9 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "OTAUDIT_HTTP_PORT": (("listen", "http_port"), int),
     "OTAUDIT_API_HOST": (("listen", "api_host"), str),
     "OTAUDIT_API_PORT": (("listen", "api_port"), int),
+    "OTAUDIT_WORKERS": (("listen", "workers"), int),
     "OTAUDIT_DATABASE_URL": (("database", "url"), str),
+    "OTAUDIT_DATABASE_READ_URL": (("database", "read_url"), str),
     "OTAUDIT_DATA_DIR": (("database", "data_dir"), str),
     "OTAUDIT_LOG_LEVEL": (("logging", "level"), str),
     "OTAUDIT_TOKEN_PEPPER": (("auth", "token_pepper"), str),
@@ -48,7 +50,7 @@ ENVIRONMENT: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
 """Environment variables and the configuration key each sets (OTAUDIT_CONFIG names the file)."""
 
 
-_SECRETS = frozenset({"auth.token_pepper", "database.url", "integrity.signing_key"})
+_SECRETS = frozenset({"auth.token_pepper", "database.url", "database.read_url", "integrity.signing_key"})
 """Keys whose values never appear in an error message (a URL may carry a password)."""
 
 

@@ -189,15 +189,18 @@ def create_grpc_server(
     max_streams_per_connection: int,
     retry_after_seconds: float,
     auth: IngestAuth | None = None,
+    reuse_port: bool = False,
 ) -> grpc.aio.Server:
-    """The OTLP/gRPC server; ``max_concurrent_requests`` also bounds the calls reading their message."""
+    """The OTLP/gRPC server; ``max_concurrent_requests`` also bounds the calls reading their message.
+    ``reuse_port``: share the port with the other workers of ``--workers`` (off otherwise, so that a
+    second collector started on the same port fails instead of silently taking half the traffic)."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_request_bytes),
             ("grpc.max_send_message_length", 16 * 1024 * 1024),
             ("grpc.max_concurrent_streams", max_streams_per_connection),
             ("grpc.max_connection_idle_ms", IDLE_CONNECTION_SECONDS * 1000),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
     receiver = _Receiver(_Readers(max_concurrent_requests), body_timeout_seconds, retry_after_seconds)

@@ -73,7 +73,7 @@ app.kubernetes.io/part-of: otaudit
 {{- define "otaudit.secretName" -}}
 {{- if .Values.existingSecret.name }}
 {{- .Values.existingSecret.name }}
-{{- else if or .Values.database.url .Values.auth.tokenPepper .Values.integrity.signingKey }}
+{{- else if or .Values.database.url .Values.database.readUrl .Values.auth.tokenPepper .Values.integrity.signingKey }}
 {{- include "otaudit.fullname" . }}
 {{- end }}
 {{- end }}
@@ -83,6 +83,13 @@ app.kubernetes.io/part-of: otaudit
 {{- if .Values.existingSecret.name }}
 {{- if .Values.existingSecret.databaseUrlKey }}true{{ end }}
 {{- else if .Values.database.url }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the collector gets a read replica's URL from the Secret. */}}
+{{- define "otaudit.hasReadUrl" -}}
+{{- if .Values.existingSecret.name }}
+{{- if .Values.existingSecret.databaseReadUrlKey }}true{{ end }}
+{{- else if .Values.database.readUrl }}true{{ end }}
 {{- end }}
 
 {{/* "true" when the collector gets its token pepper from the Secret. */}}
@@ -130,6 +137,9 @@ values do not set them (a key the values set always wins). Rendered as YAML.
 {{- if not (hasKey $listen $key) }}
 {{- $_ := set $listen $key $value }}
 {{- end }}
+{{- end }}
+{{- if not (hasKey $listen "workers") }}
+{{- $_ := set $listen "workers" (.Values.workers | int) }}
 {{- end }}
 {{- $_ := set $config "listen" $listen }}
 {{- if include "otaudit.embedded" . }}
@@ -243,6 +253,9 @@ data:
   {{- with .Values.database.url }}
   database-url: {{ . | b64enc | quote }}
   {{- end }}
+  {{- with .Values.database.readUrl }}
+  database-read-url: {{ . | b64enc | quote }}
+  {{- end }}
   {{- with .Values.auth.tokenPepper }}
   token-pepper: {{ . | b64enc | quote }}
   {{- end }}
@@ -313,6 +326,13 @@ prometheus.io/path: /metrics
         secretKeyRef:
           name: {{ $secret }}
           key: {{ ternary .Values.existingSecret.databaseUrlKey "database-url" (ne .Values.existingSecret.name "") }}
+    {{- end }}
+    {{- if include "otaudit.hasReadUrl" . }}
+    - name: OTAUDIT_DATABASE_READ_URL
+      valueFrom:
+        secretKeyRef:
+          name: {{ $secret }}
+          key: {{ ternary .Values.existingSecret.databaseReadUrlKey "database-read-url" (ne .Values.existingSecret.name "") }}
     {{- end }}
     {{- if include "otaudit.hasTokenPepper" . }}
     - name: OTAUDIT_TOKEN_PEPPER
