@@ -329,7 +329,7 @@ def test_a_job_whose_collector_died_is_taken_over_and_finished(db: str) -> None:
                 " now() - interval '1 second', 1, 7)",
                 (token_id,),
             )
-            conn.execute("INSERT INTO export_chunks VALUES ('exp_crashed', 0, 'half a file')")
+            conn.execute("INSERT INTO export_chunks (tenant, job_id, n, data) VALUES ('acme', 'exp_crashed', 0, 'half a file')")
         api = Api(collector.api_url, admin)
         wait_until(lambda: api.ok("/v1/exports/exp_crashed")["state"] == "done", 30, "the job to be taken over")
         job = api.ok("/v1/exports/exp_crashed")

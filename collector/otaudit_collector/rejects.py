@@ -45,8 +45,9 @@ def list_command(settings: Settings, *, tenant: str | None, limit: int, include_
         apply_migrations(database.conninfo)
         with psycopg.connect(database.conninfo) as conn:
             rows = conn.execute(
-                "SELECT id, received_at, tenant, category, event, reasons, replayed_at, replayed_event_id, token_id FROM rejects"
-                " WHERE (%(tenant)s::text IS NULL OR tenant = %(tenant)s) AND (%(all)s OR replayed_at IS NULL)"
+                # A record that named no tenant is filed under '' (migration 0016): listed as naming none.
+                "SELECT id, received_at, nullif(tenant, ''), category, event, reasons, replayed_at, replayed_event_id, token_id"
+                " FROM rejects WHERE (%(tenant)s::text IS NULL OR tenant = %(tenant)s) AND (%(all)s OR replayed_at IS NULL)"
                 " ORDER BY id LIMIT %(limit)s",
                 {"tenant": tenant, "all": include_replayed, "limit": limit},
             ).fetchall()
@@ -95,8 +96,8 @@ async def _replay(settings: Settings, conninfo: str, ids: list[int], dry_run: bo
     policy = policy_from(settings)
     async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
         cur = await conn.execute(
-            "SELECT id, received_at, resource, record, record_encoding, token_tenant FROM rejects WHERE replayed_at IS NULL"
-            " AND (cardinality(%s::bigint[]) = 0 OR id = ANY(%s::bigint[])) ORDER BY id",
+            "SELECT id, tenant, received_at, resource, record, record_encoding, token_tenant FROM rejects"
+            " WHERE replayed_at IS NULL AND (cardinality(%s::bigint[]) = 0 OR id = ANY(%s::bigint[])) ORDER BY id",
             (ids, ids),
         )
         rows = await cur.fetchall()
@@ -104,7 +105,7 @@ async def _replay(settings: Settings, conninfo: str, ids: list[int], dry_run: bo
         await writer.start()
         stored = still = 0
         try:
-            for rid, received_at, resource_bytes, record_bytes, encoding, token_tenant in rows:
+            for rid, filed_under, received_at, resource_bytes, record_bytes, encoding, token_tenant in rows:
                 stored_record = _Stored(bytes(resource_bytes), bytes(record_bytes), encoding, token_tenant)
                 outcome = _revalidate(catalogs, policy, received_at, stored_record)
                 if isinstance(outcome, str):
@@ -112,15 +113,17 @@ async def _replay(settings: Settings, conninfo: str, ids: list[int], dry_run: bo
                     print(f"#{rid} still rejected: {outcome}")
                     if not dry_run:  # the list then says why it is still there
                         await conn.execute(
-                            "UPDATE rejects SET reasons = reasons || %s::text WHERE id = %s AND NOT %s::text = ANY(reasons)",
-                            (storable_text(outcome), rid, storable_text(outcome)),
+                            "UPDATE rejects SET reasons = reasons || %s::text"
+                            " WHERE tenant = %s AND id = %s AND NOT %s::text = ANY(reasons)",
+                            (storable_text(outcome), filed_under, rid, storable_text(outcome)),
                         )
                     continue
                 event_id, prepared = outcome
                 if not dry_run:
                     await writer.submit(prepared)
                     await conn.execute(
-                        "UPDATE rejects SET replayed_at = now(), replayed_event_id = %s WHERE id = %s", (event_id, rid)
+                        "UPDATE rejects SET replayed_at = now(), replayed_event_id = %s WHERE tenant = %s AND id = %s",
+                        (event_id, filed_under, rid),
                     )
                 stored += 1
                 print(f"#{rid} {'would be stored' if dry_run else 'stored'} as event {event_id}")

@@ -432,6 +432,7 @@ async def _download(request: web.Request) -> web.StreamResponse:
     if refused is not None:  # asked first, so that a crowd of downloads does not even reach the database
         return _busy(ctx, refused)
     async with request.app[READS].pool.connection() as conn:
+        # The URL names the job, not its tenant: the one lookup of a job by id alone (index export_jobs_id).
         cur = await conn.execute("SELECT tenant, format, state, bytes FROM export_jobs WHERE id = %s", (job_id,))
         row = await cur.fetchone()
     if row is None:
@@ -464,7 +465,7 @@ async def _send_file(
         await response.prepare(request)
         write = _within(response.write, ctx.stall_timeout_seconds)
         try:
-            async for chunk in store.read_file(conn, job_id):
+            async for chunk in store.read_file(conn, tenant, job_id):
                 await write(chunk)
         except Stalled:
             log.warning("download of export job %s cut off: its client stopped reading", job_id, extra={"tenant": tenant})
@@ -519,7 +520,7 @@ class ExportRunner:
             principal = await _principal(conn, job["token_id"], job["tenant"])
             if job["attempts"] > store.MAX_ATTEMPTS:
                 message = f"gave up after {store.MAX_ATTEMPTS} attempts: the collector running it stopped each time"
-                await store.fail_job(conn, job["id"], message)
+                await store.fail_job(conn, job["tenant"], job["id"], message)
                 metrics.export_jobs_finished.labels("failed").inc()
                 await _audit_failure(self._audit(job, principal, 0, "failure", message))
                 return True
@@ -545,7 +546,7 @@ class ExportRunner:
             log.exception("export job %s: not recorded in the audit trail; failing it", job["id"])
             async with await psycopg.AsyncConnection.connect(self.ctx.conninfo, autocommit=True) as conn:
                 await store.fail_job(
-                    conn, job["id"], f"the export could not be recorded in the audit trail ({exc}); make it again"
+                    conn, job["tenant"], job["id"], f"the export could not be recorded in the audit trail ({exc}); make it again"
                 )
             metrics.export_jobs_finished.labels("failed").inc()
             return True

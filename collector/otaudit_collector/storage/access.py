@@ -96,20 +96,20 @@ def revoke_token(conn: psycopg.Connection[Any], token_id: str) -> bool:
     return row is not None
 
 
-_TOKEN_SQL = (
-    "SELECT k.tenant, k.role, k.name, k.secret_hash, t.plan FROM tokens k LEFT JOIN tenants t ON t.tenant = k.tenant"
-    " WHERE k.id = %s AND k.revoked_at IS NULL"
-)
+# A token is found by its id alone (the token names no tenant), then its tenant's plan by the
+# tenant: two lookups, not one join, so that on Citus the first reads the reference table
+# `tokens` on the node it is asked and the second goes to the one shard of the tenant
+# (storage/distribution.py).
+_TOKEN_SQL = "SELECT tenant, role, name, secret_hash FROM tokens WHERE id = %s AND revoked_at IS NULL"
+_PLAN_SQL = "SELECT plan FROM tenants WHERE tenant = %s"
 
 
-def _principal(token_id: str, secret: str, pepper: str, row: tuple[Any, ...] | None) -> Principal | None:
+def _checked(secret: str, pepper: str, row: tuple[Any, ...] | None) -> bool:
     """Check the secret against the row; costs one hash whether or not the id exists."""
     if row is None:
         secret_matches(secret, pepper, _UNKNOWN_HASH)
-        return None
-    if not secret_matches(secret, pepper, bytes(row[3])):
-        return None
-    return Principal(token_id, row[0], row[1], row[2], row[4])
+        return False
+    return secret_matches(secret, pepper, bytes(row[3]))
 
 
 def authenticate(conn: psycopg.Connection[Any], text: str, pepper: str) -> Principal | None:
@@ -117,7 +117,12 @@ def authenticate(conn: psycopg.Connection[Any], text: str, pepper: str) -> Princ
     parsed = parse_token(text)
     if parsed is None:
         return None
-    return _principal(*parsed, pepper, conn.execute(_TOKEN_SQL, (parsed[0],)).fetchone())
+    row = conn.execute(_TOKEN_SQL, (parsed[0],)).fetchone()
+    matched = _checked(parsed[1], pepper, row)
+    if row is None or not matched:
+        return None
+    plan = conn.execute(_PLAN_SQL, (row[0],)).fetchone()
+    return Principal(parsed[0], row[0], row[1], row[2], plan[0] if plan else None)
 
 
 async def authenticate_async(conn: psycopg.AsyncConnection[Any], text: str, pepper: str) -> Principal | None:
@@ -126,7 +131,13 @@ async def authenticate_async(conn: psycopg.AsyncConnection[Any], text: str, pepp
     if parsed is None:
         return None
     cur = await conn.execute(_TOKEN_SQL, (parsed[0],))
-    return _principal(*parsed, pepper, await cur.fetchone())
+    row = await cur.fetchone()
+    matched = _checked(parsed[1], pepper, row)
+    if row is None or not matched:
+        return None
+    cur = await conn.execute(_PLAN_SQL, (row[0],))
+    plan = await cur.fetchone()
+    return Principal(parsed[0], row[0], row[1], row[2], plan[0] if plan else None)
 
 
 def has_admin_token(conn: psycopg.Connection[Any]) -> bool:

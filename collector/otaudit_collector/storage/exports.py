@@ -1,9 +1,11 @@
 """Exports in PostgreSQL: streaming one (COPY straight to a sink) and export jobs.
 
 A job's file is written into ``export_chunks`` (migration 0003), so any collector replica
-can serve its download, after a restart too. Jobs are claimed with ``FOR UPDATE SKIP
-LOCKED`` under a lease that the running collector renews as it writes; a job whose
-collector died is claimed again once its lease runs out and starts over.
+can serve its download, after a restart too. Jobs and their chunks are keyed by tenant first
+(migration 0016): every statement about a job names its tenant, except the download's lookup,
+which has only the id its URL names. Jobs are claimed with ``FOR UPDATE SKIP LOCKED`` under a
+lease that the running collector renews as it writes; a job whose collector died is claimed
+again once its lease runs out and starts over.
 
 An xlsx file cannot be sent before it is whole (a zip's directory comes last): its sheets are
 written, in constant memory, to a temporary file as the COPY's CSV rows arrive, and that file is
@@ -253,18 +255,18 @@ async def claim_job(conn: psycopg.AsyncConnection[Any], owner: str, lease_second
     clear what an earlier attempt wrote. Autocommit connection expected."""
     async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
-            "SELECT id FROM export_jobs WHERE state = 'queued' OR (state = 'running' AND lease_until < now())"
+            "SELECT tenant, id FROM export_jobs WHERE state = 'queued' OR (state = 'running' AND lease_until < now())"
             " ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED"
         )
         found = await cur.fetchone()
         if found is None:
             return None
-        await cur.execute("DELETE FROM export_chunks WHERE job_id = %s", (found["id"],))
+        await cur.execute("DELETE FROM export_chunks WHERE tenant = %s AND job_id = %s", (found["tenant"], found["id"]))
         await cur.execute(
             "UPDATE export_jobs SET state = 'running', owner = %s, attempts = attempts + 1, rows = 0, bytes = 0,"
             " total = NULL, started_at = now(), lease_until = now() + make_interval(secs => %s)"
-            " WHERE id = %s RETURNING *",
-            (owner, lease_seconds, found["id"]),
+            " WHERE tenant = %s AND id = %s RETURNING *",
+            (owner, lease_seconds, found["tenant"], found["id"]),
         )
         return await cur.fetchone()
 
@@ -282,6 +284,7 @@ async def run_job(
         await psycopg.AsyncConnection.connect(conninfo) as reader,
     ):
         try:
+            key = (job["tenant"], job["id"])
             fmt = FORMATS[job["format"]]
             where, params = job_where(job["tenant"], job["categories"], job["filters"])
             buffer = bytearray()
@@ -291,8 +294,8 @@ async def run_job(
             async def renew(rows: int, written: int) -> None:
                 cur = await control.execute(
                     "UPDATE export_jobs SET rows = %s, bytes = %s, lease_until = now() + make_interval(secs => %s)"
-                    " WHERE id = %s AND owner = %s AND state = 'running'",
-                    (rows, written, lease_seconds, job["id"], owner),
+                    " WHERE tenant = %s AND id = %s AND owner = %s AND state = 'running'",
+                    (rows, written, lease_seconds, *key, owner),
                 )
                 if cur.rowcount != 1:
                     raise LeaseLost(job["id"])
@@ -300,7 +303,7 @@ async def run_job(
             async def flush_chunk(data: bytes) -> None:
                 nonlocal chunk_no
                 await control.execute(
-                    "INSERT INTO export_chunks (job_id, n, data) VALUES (%s, %s, %s)", (job["id"], chunk_no, data)
+                    "INSERT INTO export_chunks (tenant, job_id, n, data) VALUES (%s, %s, %s, %s)", (*key, chunk_no, data)
                 )
                 chunk_no += 1
 
@@ -324,7 +327,7 @@ async def run_job(
             await reader.set_read_only(True)
             async with reader.transaction():
                 total = await count_rows(reader, where, params)
-                await control.execute("UPDATE export_jobs SET total = %s WHERE id = %s", (total, job["id"]))
+                await control.execute("UPDATE export_jobs SET total = %s WHERE tenant = %s AND id = %s", (total, *key))
                 rows = await stream_export(
                     reader,
                     fmt,
@@ -340,8 +343,8 @@ async def run_job(
                 await flush_chunk(bytes(buffer))
             cur = await control.execute(
                 "UPDATE export_jobs SET state = 'done', rows = %s, bytes = %s, finished_at = now(), lease_until = NULL"
-                " WHERE id = %s AND owner = %s AND state = 'running'",
-                (rows, written, job["id"], owner),
+                " WHERE tenant = %s AND id = %s AND owner = %s AND state = 'running'",
+                (rows, written, *key, owner),
             )
             if cur.rowcount != 1:
                 raise LeaseLost(job["id"])
@@ -354,24 +357,27 @@ async def run_job(
             message = f"{type(exc).__name__}: {exc}"
             await control.execute(
                 "UPDATE export_jobs SET state = 'failed', error = %s, finished_at = now(), lease_until = NULL"
-                " WHERE id = %s AND owner = %s",
-                (message, job["id"], owner),
+                " WHERE tenant = %s AND id = %s AND owner = %s",
+                (message, *key, owner),
             )
             raise
 
 
-async def fail_job(conn: psycopg.AsyncConnection[Any], job_id: str, message: str) -> None:
+async def fail_job(conn: psycopg.AsyncConnection[Any], tenant: str, job_id: str, message: str) -> None:
     await conn.execute(
-        "UPDATE export_jobs SET state = 'failed', error = %s, finished_at = now(), lease_until = NULL WHERE id = %s",
-        (message, job_id),
+        "UPDATE export_jobs SET state = 'failed', error = %s, finished_at = now(), lease_until = NULL"
+        " WHERE tenant = %s AND id = %s",
+        (message, tenant, job_id),
     )
 
 
-async def read_file(conn: psycopg.AsyncConnection[Any], job_id: str) -> AsyncIterator[bytes]:
+async def read_file(conn: psycopg.AsyncConnection[Any], tenant: str, job_id: str) -> AsyncIterator[bytes]:
     """A finished job's file, chunk by chunk (one chunk in memory at a time)."""
     n = 0
     while True:
-        cur = await conn.execute("SELECT data FROM export_chunks WHERE job_id = %s AND n = %s", (job_id, n))
+        cur = await conn.execute(
+            "SELECT data FROM export_chunks WHERE tenant = %s AND job_id = %s AND n = %s", (tenant, job_id, n)
+        )
         row = await cur.fetchone()
         if row is None:
             return

@@ -233,14 +233,14 @@ keys AS (DELETE FROM event_ids k USING gone WHERE k.tenant = %(tenant)s AND k.id
 pruned AS (
     INSERT INTO log_pruned (run_id, tenant, seqs)
     SELECT %(run)s, %(tenant)s, range_agg(int8range(seq, seq + 1)) FROM gone HAVING count(*) > 0
-    ON CONFLICT (run_id, tenant) DO UPDATE SET seqs = log_pruned.seqs + excluded.seqs)
+    ON CONFLICT (tenant, run_id) DO UPDATE SET seqs = log_pruned.seqs + excluded.seqs)
 SELECT count(*) FROM gone
 """
 # The seqs of a partition about to be dropped, recorded as pruned (their leaves stay in the log).
 _PRUNED_PARTITION_SQL = """
 INSERT INTO log_pruned (run_id, tenant, seqs)
 SELECT %(run)s, tenant, range_agg(int8range(seq, seq + 1)) FROM {part} GROUP BY tenant
-ON CONFLICT (run_id, tenant) DO UPDATE SET seqs = log_pruned.seqs + excluded.seqs
+ON CONFLICT (tenant, run_id) DO UPDATE SET seqs = log_pruned.seqs + excluded.seqs
 """
 
 

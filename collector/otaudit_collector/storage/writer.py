@@ -58,7 +58,8 @@ _COPY_IDS_SQL = "COPY event_ids (tenant, id, occurred_at) FROM STDIN"
 # Rejects go in bulk: COPY into a session's temporary table, then one INSERT from it that
 # skips fingerprints already quarantined (COPY alone cannot). A statement per reject cost a
 # round trip each: a request of 200,000 rejects held the writer for 25 s. The table is made
-# once per connection; its rows are gone at each commit or rollback.
+# once per connection; its rows are gone at each commit or rollback. A fingerprint is
+# quarantined once per tenant (migration 0016); a record naming no tenant is filed under ''.
 _REJECT_STAGE_SQL = (
     "CREATE TEMPORARY TABLE IF NOT EXISTS otaudit_reject_stage (tenant text, category text, event text, reasons text[],"
     " resource bytea, record bytea, fingerprint bytea, record_encoding text, token_id text, token_tenant text)"
@@ -67,7 +68,8 @@ _REJECT_STAGE_SQL = (
 _COPY_REJECTS_SQL = "COPY otaudit_reject_stage FROM STDIN"
 _REJECT_SQL = (
     "INSERT INTO rejects (tenant, category, event, reasons, resource, record, fingerprint, record_encoding, token_id,"
-    " token_tenant) SELECT * FROM otaudit_reject_stage ON CONFLICT (fingerprint) DO NOTHING"
+    " token_tenant) SELECT coalesce(tenant, ''), category, event, reasons, resource, record, fingerprint, record_encoding,"
+    " token_id, token_tenant FROM otaudit_reject_stage ON CONFLICT (tenant, fingerprint) DO NOTHING"
 )
 
 _RETRYABLE = (
@@ -473,14 +475,15 @@ def _parts(batch: Prepared, size: int) -> list[Prepared]:
 
 
 def _reject_lines(rejects: list[RejectRow]) -> str:
-    """The rejects as COPY text lines for ``otaudit_reject_stage``, each fingerprint once (a retried
-    request in the same group quarantines its rejects once). Their text is storable (``RejectRow``)."""
-    seen: set[bytes] = set()
+    """The rejects as COPY text lines for ``otaudit_reject_stage``, each fingerprint once per tenant (a
+    retried request in the same group quarantines its rejects once). Their text is storable (``RejectRow``)."""
+    seen: set[tuple[str, bytes]] = set()
     lines = []
     for r in rejects:
-        if r.fingerprint in seen:
+        key = (r.tenant or "", r.fingerprint)
+        if key in seen:
             continue
-        seen.add(r.fingerprint)
+        seen.add(key)
         reasons = "{" + ",".join('"' + x.replace("\\", "\\\\").replace('"', '\\"') + '"' for x in r.reasons) + "}"
         fields = (r.tenant, r.category, r.event, reasons)
         lines.append(
