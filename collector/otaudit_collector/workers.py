@@ -139,7 +139,10 @@ class _Supervisor:
                 except WorkerFailed as exc:
                     log.error("a collector worker could not start again; will try again", extra={"error": str(exc)})
                     continue
-                log.info("collector worker started again", extra={"worker": worker.index})
+                if self.stopping.is_set():  # the stop came while it started: it missed the SIGTERM
+                    worker.signal(signal.SIGTERM)
+                else:
+                    log.info("collector worker started again", extra={"worker": worker.index})
                 break
 
     async def stop(self) -> None:
