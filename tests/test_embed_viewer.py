@@ -14,8 +14,10 @@ the refusals the test provoked, and no token in any URL requested.
 from __future__ import annotations
 
 import asyncio
+import base64
 import csv
 import datetime as dt
+import hashlib
 import io
 import json
 import re
@@ -40,6 +42,7 @@ from psycopg.conninfo import make_conninfo
 from support import RunningCollector, settings_for
 from test_web_page import WEB, Ui, contract, example, make_token, role_update, send
 
+import otaudit_collector.api.web as web_module
 from otaudit_collector.api.web import FrameAncestors, add_web_routes, origin
 from otaudit_collector.config import ConfigError
 
@@ -202,10 +205,22 @@ class Site:
         self.trail = trail
         self.uis: list[Ui] = []
 
-    def open(self, *, origin: str = "ip", embed: str = "", auto: bool = True, renew: bool = True, **context: Any) -> Ui:
-        """The product's page (from ``origin``: ip, allowed; name, not) with the viewer in it."""
+    def open(
+        self,
+        *,
+        origin: str = "ip",
+        embed: str = "",
+        auto: bool = True,
+        renew: bool = True,
+        before: str | None = None,
+        **context: Any,
+    ) -> Ui:
+        """The product's page (from ``origin``: ip, allowed; name, not) with the viewer in it;
+        ``before``: a script run in every frame before the frame's own."""
         browser_context = self.browser.new_context(accept_downloads=True, **context)
         browser_context.set_default_timeout(30_000)
+        if before is not None:
+            browser_context.add_init_script(before)
         ui = Ui(browser_context.new_page(), self.host.ip if origin == "ip" else self.host.name, self.host.secrets)
         self.uis.append(ui)
         query = {"embed": embed, "auto": "1" if auto else "0", "renew": "1" if renew else "0"}
@@ -361,12 +376,20 @@ def site(collector: RunningCollector, host: Host, browser: Browser, trail: dict[
 # -- the tests ---------------------------------------------------------------------------------------
 
 
+# Notes every Content-Security-Policy violation in the frame (the console says it too).
+VIOLATIONS = """window.violations = [];
+document.addEventListener("securitypolicyviolation", (e) => window.violations.push(e.violatedDirective + " " + e.blockedURI));"""
+
+
 def test_the_embedded_viewer_shows_the_tenants_readable_trail(site: Site) -> None:
     trail = site.trail
-    ui = site.open()
+    ui = site.open(before=VIOLATIONS)
     shown(ui)
     view = viewer(ui)
     assert messages(ui)[0] == {"type": "otaudit:ready"}
+    # its script and styles, written into the page, ran under its CSP: admitted by their hashes
+    assert frame(ui).evaluate("() => window.violations") == []
+    expect(view.locator("#filters button[type=submit]")).to_have_css("background-color", "rgb(31, 95, 191)")
     readable = trail["ann"] + trail["bob"] + trail["failed_login"]
     listed = ids(ui)
     assert set(readable) <= set(listed)
@@ -426,7 +449,8 @@ def test_markup_in_the_trail_is_shown_as_text(site: Site) -> None:
     expect(dialog.locator("dt", has_text=re.compile("^Reason$")).locator("+ dd")).to_have_text(
         "<b>bold</b><script>window.__pwned=2</script>"
     )
-    expect(view.locator("img, script:not([src]), svg, b, i")).to_have_count(0)
+    expect(view.locator("img, svg, b, i, body script, script[src]")).to_have_count(0)
+    expect(view.locator("script")).to_have_count(1)  # the viewer's own, written into its head by the collector
     assert frame(ui).evaluate("() => window.__pwned") is None
     ui.assert_clean()
 
@@ -512,6 +536,36 @@ def test_an_expired_token_asks_the_host_and_a_renewed_one_continues_without_relo
     assert ids(ui) == [trail["bob"][1]]
     assert frame(ui).evaluate("() => window.__marker") == "loaded once"  # no reload
     ui.assert_clean(refused=(401,))
+
+
+def test_what_is_not_a_viewer_token_shows_nothing_and_the_next_token_is_taken(site: Site) -> None:
+    site.host.queue.append(site.host.admin["acme"])  # the host's mistake: its admin token
+    ui = site.open()
+    view = viewer(ui)
+    expect(view.locator("#stopped")).to_contain_text("The page handed over something that is not a viewer token")
+    expect(view.locator("#trail")).to_be_hidden()
+    expect(view.locator("#waiting")).to_be_hidden()
+    ui.page.wait_for_function("() => window.messages.some(m => m.type === 'otaudit:refused')")
+    assert next(m for m in messages(ui) if m["type"] == "otaudit:refused")["error"] == "not_viewer_token"
+    assert not [u for u in ui.urls if "/v1/" in u]  # nothing asked with it
+    with ui.page.expect_response(lambda r: "/v1/events" in r.url):
+        ui.page.evaluate("() => window.sendToken()")
+    shown(ui)
+    expect(view.locator("#stopped")).to_be_hidden()
+    assert set(site.trail["ann"]) <= set(ids(ui))
+    ui.assert_clean()
+
+
+def test_without_temporal_the_time_zone_is_read_from_intl(site: Site) -> None:
+    ui = site.open(before="delete globalThis.Temporal;", timezone_id="America/Sao_Paulo")
+    shown(ui)
+    view = viewer(ui)
+    assert frame(ui).evaluate("() => typeof Temporal") == "undefined"
+    expect(view.locator("#events thead th").first).to_have_text("Time (America/Sao_Paulo)")
+    occurred = dt.datetime.fromtimestamp(site.trail["ann_times"][0] / 10**9, dt.UTC) - dt.timedelta(hours=3)
+    row = view.locator(f'#events tbody tr[data-event-id="{site.trail["ann"][0]}"]')
+    expect(row.locator("td").first).to_have_text(occurred.strftime("%Y-%m-%d %H:%M:%S"))
+    ui.assert_clean()
 
 
 def test_an_origin_not_allowed_cannot_frame_the_viewer(site: Site) -> None:
@@ -670,7 +724,7 @@ def test_only_the_viewer_page_may_be_framed_and_only_by_the_allowed_origins(coll
         assert page.status_code == 200 and page.headers["Content-Type"] == "text/html; charset=utf-8"
         policy = page.headers["Content-Security-Policy"]
         assert policy.endswith(f"frame-ancestors {allowed}"), policy
-        assert "script-src 'self';" in policy and "unsafe-inline" not in policy
+        assert_inline_code_admitted_by_hash(page.text, policy)
         assert "X-Frame-Options" not in page.headers
         assert f'<meta name="otaudit-frame-origins" content="{allowed}">' in page.text
         again = requests.get(f"{base}/ui/embed.html{query}", headers={"If-None-Match": page.headers["ETag"]}, timeout=10)
@@ -680,6 +734,50 @@ def test_only_the_viewer_page_may_be_framed_and_only_by_the_allowed_origins(coll
     assert admin.headers["X-Frame-Options"] == "DENY"
     for name in ("embed.js", "embed.css", "style.css"):
         assert requests.get(f"{base}/ui/{name}", timeout=10).content == (WEB / name).read_bytes()
+
+
+def inline(page: str, tag: str) -> list[str]:
+    return re.findall(rf"<{tag}>(.*?)</{tag}>", page, re.S)
+
+
+def source(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+def assert_inline_code_admitted_by_hash(page: str, policy: str) -> None:
+    """The viewer page is one answer: its script and stylesheets written into it, unchanged, and
+    its CSP admits exactly them by their SHA-256 (this origin's files too; never unsafe-inline)."""
+    scripts, styles = inline(page, "script"), inline(page, "style")
+    assert scripts == [(WEB / "embed.js").read_text()]
+    assert styles == [(WEB / "style.css").read_text(), (WEB / "embed.css").read_text()]
+    assert page.index("<script>") < page.index("<body")  # in the head: it asks for the token before the page is parsed
+    assert not re.search(r"<script\b[^>]*\bsrc=|<link\b[^>]*stylesheet", page), "a file still linked"
+    directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+    assert directives["script-src"] == " ".join(["'self'", *map(source, scripts)])
+    assert directives["style-src"] == " ".join(["'self'", *map(source, styles)])
+    assert directives["default-src"] == "'self'" and directives["object-src"] == "'none'"
+    for loose in ("unsafe-inline", "unsafe-eval", "unsafe-hashes", "strict-dynamic", "*", "data:"):
+        assert loose not in policy, loose
+
+
+def test_a_file_that_cannot_be_written_into_the_page_stays_linked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for file in WEB.iterdir():
+        (tmp_path / file.name).write_bytes(file.read_bytes())
+    (tmp_path / "embed.js").write_text((WEB / "embed.js").read_text() + "\n// </script><script>alert(1)\n")
+    monkeypatch.setattr(web_module, "_FOLDER", tmp_path)
+
+    async def ask() -> tuple[str, str]:
+        app = web.Application()
+        add_web_routes(app, FrameAncestors.of(["https://app.example.com"], {}))
+        async with TestClient(TestServer(app)) as client:
+            page = await client.get("/ui/embed.html")
+            return page.headers["Content-Security-Policy"], await page.text()
+
+    with ThreadPoolExecutor(1) as pool:
+        policy, text = pool.submit(asyncio.run, ask()).result()
+    assert '<script src="embed.js" defer></script>' in text and "alert(1)" not in text
+    assert inline(text, "style") == [(WEB / "style.css").read_text(), (WEB / "embed.css").read_text()]
+    assert "script-src 'self';" in policy and "sha256" in policy.split("style-src", 1)[1]
 
 
 def test_with_no_allowed_origin_nobody_may_frame_the_viewer() -> None:
@@ -727,7 +825,7 @@ def test_origins_are_checked_by_the_schema_and_written_as_browsers_do() -> None:
 
 
 def test_the_viewer_runs_no_inline_code_loads_nothing_from_elsewhere_and_keeps_the_token_in_memory() -> None:
-    html = (WEB / "embed.html").read_text()
+    html = (WEB / "embed.html").read_text()  # as written: the collector writes these files into it (above)
     assert re.findall(r"<script\b[^>]*>", html) == ['<script src="embed.js" defer>']
     assert not re.search(r"\son[a-z]+\s*=", html), "an inline event handler"
     assert not re.search(r"\sstyle\s*=", html), "an inline style"

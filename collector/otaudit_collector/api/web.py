@@ -9,6 +9,11 @@ connections from this origin only; no inline script, no framing), ``nosniff``, n
 referrer, and ``Cache-Control: no-cache`` with an ETag: the browser revalidates each
 time and gets a 304 when the collector's files have not changed.
 
+``/ui/embed.html`` is one answer: the stylesheets and the script it names are written into it
+at start (the files stay as they are, and are served too), so that the viewer needs no second
+round trip before it asks its host for a token. Its CSP admits exactly those inline elements, by
+their SHA-256 (``'sha256-...'``; never ``'unsafe-inline'``).
+
 ``/ui/embed.html`` alone may be framed, and only by the origins of ``viewer.frame_ancestors``
 (every tenant's) and, when its URL names a tenant (``?tenant=acme``), of that tenant's
 ``viewer.tenant_frame_ancestors``: its ``frame-ancestors`` lists them (``'none'`` when there
@@ -19,6 +24,7 @@ when they come from one of them.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import html
 import logging
@@ -41,12 +47,19 @@ _TYPES = {
     ".svg": "image/svg+xml",
 }
 
-_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self';"
-    " object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors "
-)
+
+def _policy(frame_ancestors: str, scripts: Iterable[str] = (), styles: Iterable[str] = ()) -> str:
+    """The Content-Security-Policy: this origin's files only, plus the inline elements whose hashes are given."""
+    script_src = " ".join(("'self'", *scripts))
+    style_src = " ".join(("'self'", *styles))
+    return (
+        f"default-src 'self'; script-src {script_src}; style-src {style_src}; img-src 'self'; connect-src 'self';"
+        f" object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors {frame_ancestors}"
+    )
+
+
 SECURITY_HEADERS = {
-    "Content-Security-Policy": _POLICY + "'none'",
+    "Content-Security-Policy": _policy("'none'"),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
@@ -96,10 +109,11 @@ class FrameAncestors:
         return tuple(dict.fromkeys((*self.deployment, *extra)))
 
 
-def embed_headers(allowed: tuple[str, ...]) -> dict[str, str]:
-    """The security headers of the embeddable viewer framed by ``allowed`` (none: by nobody)."""
+def embed_headers(allowed: tuple[str, ...], scripts: Iterable[str] = (), styles: Iterable[str] = ()) -> dict[str, str]:
+    """The security headers of the embeddable viewer framed by ``allowed`` (none: by nobody), whose
+    inline scripts and styles have the CSP sources ``scripts`` and ``styles`` (``'sha256-...'``)."""
     headers = {name: value for name, value in SECURITY_HEADERS.items() if name != "X-Frame-Options"}
-    headers["Content-Security-Policy"] = _POLICY + (" ".join(allowed) if allowed else "'none'")
+    headers["Content-Security-Policy"] = _policy(" ".join(allowed) if allowed else "'none'", scripts, styles)
     return headers
 
 
@@ -108,10 +122,16 @@ class _File:
     body: bytes
     content_type: str
     etag: str
+    scripts: tuple[str, ...] = ()  # the CSP sources of its inline scripts and styles ('sha256-...')
+    styles: tuple[str, ...] = ()
 
 
 _FILES: web.AppKey[dict[str, _File]] = web.AppKey("web_files", dict)
 _FRAMERS: web.AppKey[FrameAncestors] = web.AppKey("web_frame_ancestors", FrameAncestors)
+
+
+def _etag(body: bytes) -> str:
+    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
 
 
 def _load(folder: Path) -> dict[str, _File]:
@@ -123,8 +143,38 @@ def _load(folder: Path) -> dict[str, _File]:
         content_type = _TYPES.get(path.suffix)
         if path.is_file() and content_type is not None:
             body = path.read_bytes()
-            files[path.name] = _File(body, content_type, '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
+            files[path.name] = _File(body, content_type, _etag(body))
+    if EMBED_PAGE in files:
+        files[EMBED_PAGE] = _inline(files[EMBED_PAGE], files)
     return files
+
+
+# What embed.html names exactly so (its stylesheets, its script) is written into it.
+_LINKED = re.compile(rb'<link rel="stylesheet" href="([a-z0-9-]+\.css)">|<script src="([a-z0-9-]+\.js)" defer></script>')
+# Text that would end (or confuse) the element it is written into: such a file stays linked.
+_UNSAFE_INLINE = re.compile(rb"</(?:style|script)|<!--|<script", re.IGNORECASE)
+
+
+def _inline(page: _File, files: Mapping[str, _File]) -> _File:
+    """The page with the stylesheets and scripts it links from this folder written into it, and their CSP sources."""
+    scripts: list[str] = []
+    styles: list[str] = []
+
+    def element(match: re.Match[bytes]) -> bytes:
+        name = (match.group(1) or match.group(2)).decode()
+        found = files.get(name)
+        if found is None or _UNSAFE_INLINE.search(found.body):
+            log.warning("%s is not written into %s: it stays linked", name, EMBED_PAGE)
+            return match.group(0)
+        source = "'sha256-" + base64.b64encode(hashlib.sha256(found.body).digest()).decode() + "'"
+        if match.group(1):
+            styles.append(source)
+            return b"<style>" + found.body + b"</style>"
+        scripts.append(source)  # no longer deferred: it runs in the head, and waits for the page itself
+        return b"<script>" + found.body + b"</script>"
+
+    body = _LINKED.sub(element, page.body)
+    return _File(body, page.content_type, _etag(body), tuple(dict.fromkeys(scripts)), tuple(dict.fromkeys(styles)))
 
 
 def add_web_routes(app: web.Application, frame_ancestors: FrameAncestors | None = None) -> None:
@@ -155,7 +205,8 @@ def _embed(request: web.Request, page: _File) -> tuple[_File, dict[str, str]]:
     allowed = request.app[_FRAMERS].allowed(tenant if tenant is not None and _TENANT.fullmatch(tenant) else None)
     listed = html.escape(" ".join(allowed), quote=True).encode()
     body = page.body.replace(_ORIGINS_META, _ORIGINS_META.replace(b'content=""', b'content="' + listed + b'"'), 1)
-    return _File(body, page.content_type, '"' + hashlib.sha256(body).hexdigest()[:32] + '"'), embed_headers(allowed)
+    served = _File(body, page.content_type, _etag(body), page.scripts, page.styles)
+    return served, embed_headers(allowed, page.scripts, page.styles)
 
 
 def _serve(request: web.Request, name: str) -> web.Response:

@@ -356,27 +356,34 @@
 
   // -- times: the viewer's time zone, or UTC ---------------------------------------------
 
+  // Without Intl.DateTimeFormat where the browser allows: making the first one costs tens of
+  // milliseconds (the browser loads its locale data), more than the rest of the first page.
+  let localZone = null;
+
   function zoneName() {
     if (state.utc) return "UTC";
-    return Intl.DateTimeFormat().resolvedOptions().timeZone || "local";
+    if (localZone === null) {
+      try {
+        localZone = globalThis.Temporal.Now.timeZoneId();
+      } catch (err) {
+        localZone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+      }
+      localZone = localZone || "local";
+    }
+    return localZone;
   }
 
+  const two = (n) => String(n).padStart(2, "0");
+
+  // "YYYY-MM-DD HH:MM:SS" in the zone shown.
   function formatTime(text) {
     if (typeof text !== "string") return "—";
     const when = new Date(text);
     if (Number.isNaN(when.getTime())) return text;
-    const format = new Intl.DateTimeFormat("en-CA", {
-      timeZone: state.utc ? "UTC" : undefined,
-      year: "numeric",
-      month: "2-digit",
-      day: "2-digit",
-      hour: "2-digit",
-      minute: "2-digit",
-      second: "2-digit",
-      hourCycle: "h23",
-    });
-    const parts = Object.fromEntries(format.formatToParts(when).map((p) => [p.type, p.value]));
-    return `${parts.year}-${parts.month}-${parts.day} ${parts.hour}:${parts.minute}:${parts.second}`;
+    if (state.utc) {
+      return `${when.getUTCFullYear()}-${two(when.getUTCMonth() + 1)}-${two(when.getUTCDate())} ${two(when.getUTCHours())}:${two(when.getUTCMinutes())}:${two(when.getUTCSeconds())}`;
+    }
+    return `${when.getFullYear()}-${two(when.getMonth() + 1)}-${two(when.getDate())} ${two(when.getHours())}:${two(when.getMinutes())}:${two(when.getSeconds())}`;
   }
 
   function timeElement(text) {
@@ -534,12 +541,15 @@
 
   // -- the token --------------------------------------------------------------------------
 
+  // The token may come before the page's elements are parsed (see boot): its requests leave at
+  // once, and what they answer waits for the page.
   async function useToken(token) {
+    const generation = ++state.tokenGeneration;
     if (typeof token !== "string" || !token.startsWith(PREFIX) || token.length > 4096) {
-      refuse("not_viewer_token", t("not_viewer"));
+      await pageReady;
+      if (generation === state.tokenGeneration) refuse("not_viewer_token", t("not_viewer"));
       return;
     }
-    const generation = ++state.tokenGeneration;
     state.token = token;
     let me;
     let catalog;
@@ -550,8 +560,11 @@
       firstPage = api("/v1/events", queryParams({ limit: state.filters.limit || DEFAULT_LIMIT }, [...FILTER_KEYS, "limit"]));
       firstPage.catch(() => {}); // its error, if any, is shown by loadEvents
     }
+    const answers = Promise.all([api("/v1/whoami"), api("/v1/catalog")]);
+    answers.catch(() => {}); // handled below, once the page is ready
+    await pageReady;
     try {
-      [me, catalog] = await Promise.all([api("/v1/whoami"), api("/v1/catalog")]);
+      [me, catalog] = await answers;
     } catch (err) {
       if (generation !== state.tokenGeneration) return;
       if (err instanceof ApiError && err.status === 401) stop(err);
@@ -619,7 +632,22 @@
     select.value = chosen;
     if (select.value !== chosen) select.value = "";
     $("locked-categories").textContent = locked.length ? t("locked", { list: locked.join(", ") }) : "";
-    fillEventNames();
+    eventNamesLater();
+  }
+
+  // The event names the Event field suggests: not needed to show a page of events, so filled
+  // once the page is drawn and the browser is idle (once for any number of asks meanwhile).
+  let eventNamesAsked = false;
+
+  function eventNamesLater() {
+    if (eventNamesAsked) return;
+    eventNamesAsked = true;
+    const fill = () => {
+      eventNamesAsked = false;
+      fillEventNames();
+    };
+    if (window.requestIdleCallback) window.requestIdleCallback(fill, { timeout: 1000 });
+    else window.setTimeout(fill, 100);
   }
 
   function fillEventNames() {
@@ -708,7 +736,7 @@
     $("f-q").value = filters.q || "";
     $("f-limit").value = filters.limit || DEFAULT_LIMIT;
     if (!$("f-limit").value) $("f-limit").value = DEFAULT_LIMIT;
-    fillEventNames();
+    eventNamesLater();
   }
 
   function queryParams(filters, keys) {
@@ -1063,8 +1091,13 @@
 
   // -- wiring ------------------------------------------------------------------------------------
 
+  // The page's elements are there and wired (start): what the token's answers show waits for it.
+  let pageIsReady;
+  const pageReady = new Promise((resolve) => {
+    pageIsReady = resolve;
+  });
+
   function start() {
-    readSettings();
     translatePage();
     buildHead();
     $("utc").checked = state.utc;
@@ -1105,10 +1138,20 @@
       $("waiting").textContent = t("no_origins");
       return;
     }
-    window.addEventListener("message", onMessage);
-    tell({ type: "otaudit:ready" });
+    pageIsReady();
   }
 
-  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
-  else start();
+  // At once, before the page's elements exist when this script runs in its head (the collector
+  // inlines it there): the host is asked for the token, which is on its way while the page is built.
+  function boot() {
+    readSettings();
+    if (framed() && state.origins.length) {
+      window.addEventListener("message", onMessage);
+      tell({ type: "otaudit:ready" });
+    }
+    if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+    else start();
+  }
+
+  boot();
 })();
