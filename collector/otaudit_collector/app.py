@@ -56,7 +56,7 @@ from otaudit_collector.storage.titles import store_titles_async
 from otaudit_collector.storage.writer import Writer
 from otaudit_collector.streams.service import Streams
 
-__all__ = ["Collector", "Endpoints", "Role", "catalog_dirs", "policy_from", "ensure_partitions", "settle_process"]
+__all__ = ["Collector", "Endpoints", "Role", "bind_port", "catalog_dirs", "policy_from", "ensure_partitions", "settle_process"]
 
 log = logging.getLogger("otaudit")
 
@@ -133,7 +133,9 @@ def settle_process() -> None:
     sys.setswitchinterval(0.0005)
 
 
-def _bind(host: str, port: int, *, shared: bool = False) -> socket.socket:
+def bind_port(host: str, port: int, *, shared: bool = False, what: str = "") -> socket.socket:
+    """A TCP socket bound to ``host:port``, not listening yet; ``shared``: with SO_REUSEPORT, beside
+    the other workers of ``--workers`` (workers.py holds each port so, never listening on it)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -143,7 +145,13 @@ def _bind(host: str, port: int, *, shared: bool = False) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        purpose = f" for {what}" if what else ""
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}{purpose}: {exc.strerror}") from None
+    return sock
+
+
+def _bind(host: str, port: int, *, shared: bool = False) -> socket.socket:
+    sock = bind_port(host, port, shared=shared)
     sock.listen(512)
     sock.setblocking(False)
     return sock

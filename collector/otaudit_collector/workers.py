@@ -28,7 +28,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from otaudit_collector.app import Collector, Endpoints, Role, catalog_dirs, describe, settle_process
+from otaudit_collector.app import Collector, Endpoints, Role, bind_port, catalog_dirs, describe, settle_process
 from otaudit_collector.config import Settings
 from otaudit_collector.core.catalog import CatalogSet, load_catalogs
 from otaudit_collector.integrity import load_log_keys
@@ -57,19 +56,6 @@ STEADY_SECONDS = 60.0
 
 class WorkerFailed(Exception):
     """A worker could not start; its own error is in the log just above."""
-
-
-def _reserve(host: str, port: int, what: str) -> socket.socket:
-    """A socket bound to ``host:port`` with SO_REUSEPORT and never listening: it holds the port for the workers."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise OSError(exc.errno, f"cannot listen on {host}:{port} for {what}: {exc.strerror}") from None
-    return sock
 
 
 @dataclass(slots=True)
@@ -169,9 +155,9 @@ def supervise(settings: Settings, conninfo: str, database: str, catalogs: Catalo
     host = listen["host"]
     api_host = listen["api_host"] or host
     held = [
-        _reserve(host, listen["grpc_port"], "OTLP/gRPC"),
-        _reserve(host, listen["http_port"], "OTLP/HTTP"),
-        _reserve(api_host, listen["api_port"], "the API"),
+        bind_port(host, listen["grpc_port"], shared=True, what="OTLP/gRPC"),
+        bind_port(host, listen["http_port"], shared=True, what="OTLP/HTTP"),
+        bind_port(api_host, listen["api_port"], shared=True, what="the API"),
     ]
     folder = Path(tempfile.mkdtemp(prefix="otaudit-workers-"))  # 0700: the metrics sockets are this user's
     try:
