@@ -234,6 +234,7 @@ def collector_config(
     args: argparse.Namespace, *, deliver: bool, integrity: bool, declared: list[dict[str, Any]]
 ) -> dict[str, Any]:
     return {
+        "listen": {"workers": args.workers},  # otaudit serve --workers: the first delivers, all take ingest
         "retention": {"enabled": False},  # as _measure.ServedCollector: no deletes mid-measurement
         "catalogs": {"reload_interval_seconds": 0},
         "integrity": {"enabled": integrity},
@@ -1033,6 +1034,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "lease_seconds": args.lease_seconds,
                 "max_active": args.max_active,
                 "clients": args.clients,
+                "workers": args.workers,
                 "records_per_run": max(1, -(-args.records // BATCH)) * BATCH,
                 "latency_seconds": args.latency_seconds,
                 "backfill_events": args.backfill_events,
@@ -1069,7 +1071,8 @@ def report(r: dict[str, Any]) -> str:
         f"otaudit stream benchmark   commit {r['commit']}{changed}   {r['date']}   {m['nproc']} CPUs   Python {m['python']}"
         f"   PostgreSQL {m['postgresql']}   grpcio {m['grpcio']}",
         f"streams: batch_records {s['batch_records']}, poll_seconds {s['poll_seconds']:g}, lease_seconds {s['lease_seconds']:g},"
-        f" max_active {s['max_active']}; collector defaults otherwise (integrity on; off for the backfill), retention off",
+        f" max_active {s['max_active']}; {s['workers']} collector process(es) (listen.workers); collector defaults otherwise"
+        " (integrity on; off for the backfill), retention off",
         f"workload: ingest.py's generator, every record in tenant {TENANT} (enterprise plan): {s['records_per_run']:,} records"
         f" per ingest run ({s['records_per_run'] // BATCH} requests x {BATCH}, +{s['clients']} warm-up requests), {s['clients']} OTLP/gRPC clients",
     ]
@@ -1172,6 +1175,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--latency-seconds", type=float, default=30.0, help="length of the paced latency run (default 30)")
     parser.add_argument("--clients", type=int, default=4, help="concurrent OTLP/gRPC clients (default 4)")
+    parser.add_argument("--workers", type=int, default=1, help="collector processes (listen.workers; default 1)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up requests per client per run (default 1)")
     parser.add_argument("--batch-records", type=int, default=2000, help="streams.batch_records (default 2000)")
     parser.add_argument("--poll-seconds", type=float, default=0.2, help="streams.poll_seconds (default 0.2)")
