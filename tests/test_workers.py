@@ -148,3 +148,16 @@ def test_workers_share_the_ports_and_a_killed_one_loses_nothing(db: str, tmp_pat
     assert code == 0, proc.output
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "the workers stopped with the supervisor"
     assert not list(tmp_path.glob("otaudit-workers-*")), "the sockets' folder is removed"
+
+
+@pytest.mark.slow
+def test_workers_stop_when_the_supervisor_is_killed(db: str, tmp_path: Path) -> None:
+    args = ["serve", "--workers", "2", "--database-url", db, "--grpc-port", "0", "--http-port", "0", "--api-port", "0"]
+    proc = CollectorProcess(args, cwd=tmp_path).start()
+    assert proc.proc is not None
+    workers = _children(proc.proc.pid)
+    assert len(workers) == 2
+    proc.kill()  # SIGKILL: no chance to stop them; each hears it through PR_SET_PDEATHSIG
+    wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), 60, "the workers to stop")
+    with socket.socket() as sock:  # and nothing listens on the OTLP port any more
+        assert sock.connect_ex(("127.0.0.1", proc.ports["OTLP/gRPC"])) != 0
