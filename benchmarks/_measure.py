@@ -53,6 +53,20 @@ def postgres_cpu_seconds(postmaster_pid: int | None) -> float:
         return float("nan")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """A process and its live descendants (the worker processes of `otaudit serve --workers N`)."""
+    total = proc_cpu_seconds(pid)
+    try:
+        for child in psutil.Process(pid).children(recursive=True):
+            try:
+                total += proc_cpu_seconds(child.pid)
+            except OSError:
+                pass
+    except psutil.Error:
+        pass
+    return total
+
+
 def self_cpu_seconds() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime

@@ -47,7 +47,7 @@ from typing import Any
 import grpc
 import psutil
 import psycopg
-from _measure import git_commit, postgres_cpu_seconds, proc_cpu_seconds, say, self_cpu_seconds
+from _measure import git_commit, postgres_cpu_seconds, proc_cpu_seconds, say, self_cpu_seconds, tree_cpu_seconds
 from google.rpc import error_details_pb2
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest, ExportLogsServiceResponse
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
@@ -508,20 +508,6 @@ def settle(uri: str, conninfo: str) -> None:
 # ---------------------------------------------------------------------------------------
 # CPU accounting
 # ---------------------------------------------------------------------------------------
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """A process and its live descendants (the worker processes of `otaudit serve --workers N`)."""
-    total = proc_cpu_seconds(pid)
-    try:
-        for child in psutil.Process(pid).children(recursive=True):
-            try:
-                total += proc_cpu_seconds(child.pid)
-            except OSError:
-                pass
-    except psutil.Error:
-        pass
-    return total
 
 
 @dataclass

@@ -51,7 +51,7 @@ from typing import Any
 
 import psutil
 import psycopg
-from _measure import ServedCollector, git_commit, postgres_cpu_seconds, proc_cpu_seconds, say, self_cpu_seconds
+from _measure import ServedCollector, git_commit, postgres_cpu_seconds, say, self_cpu_seconds, tree_cpu_seconds
 from psycopg import sql as pgsql
 from psycopg.conninfo import make_conninfo
 
@@ -566,7 +566,7 @@ class CpuWindow:
     def _snap(self) -> tuple[float, ...]:
         m = psutil.cpu_times()
         busy = sum(m) - m.idle - getattr(m, "iowait", 0.0) - getattr(m, "steal", 0.0)
-        coll = proc_cpu_seconds(self.collector_pid) if self.collector_pid else 0.0
+        coll = tree_cpu_seconds(self.collector_pid) if self.collector_pid else 0.0  # with its --workers
         return (self_cpu_seconds(), coll, postgres_cpu_seconds(self.postmaster_pid), busy, time.perf_counter())
 
     def _children(self) -> set[int]:
