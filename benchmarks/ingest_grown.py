@@ -23,20 +23,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import queue
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from _measure import git_commit, say
-from ingest import BATCH, BenchmarkError, Client, CollectorProcess, CpuSnapshot, generate, settle, verify_stored
+from ingest import BATCH, BenchmarkError, CollectorProcess, generate, verify_stored
 from psycopg.conninfo import make_conninfo
 from query import DB_NAME, cached_dataset, load
+from stream import ingest
 
 from otaudit_collector.app import ensure_partitions
 from otaudit_collector.storage.migrate import apply_migrations
@@ -46,7 +45,7 @@ GROWN, EMPTY = "otaudit_bench_grown", "otaudit_bench_empty"
 CONFIG = "integrity:\n  enabled: false\n"
 
 
-def end_to_end(db: str, postmaster_pid: int, workdir: Path, records: int, clients: int, seed: int) -> dict[str, Any]:
+def end_to_end(uri: str, db: str, postmaster_pid: int, workdir: Path, records: int, clients: int, seed: int) -> dict[str, Any]:
     """One collector on ``db``, ``clients`` clients, ``records`` records: rate and CPU per event."""
     n_requests = max(1, -(-records // BATCH))
     workload = generate(n_requests + clients, seed)
@@ -57,43 +56,19 @@ def end_to_end(db: str, postmaster_pid: int, workdir: Path, records: int, client
         (before_rows,) = conn.execute("SELECT count(*) FROM event_ids").fetchone()  # type: ignore[misc]
     collector = CollectorProcess(db, workdir, str(config))
     try:
-        work: queue.SimpleQueue[bytes] = queue.SimpleQueue()
-        for body in bodies:
-            work.put(body)
-        barrier = threading.Barrier(clients + 1)
-        abort = threading.Event()
-        threads = [Client(i, collector.target, work, barrier, [warmup[i]], abort) for i in range(clients)]
-        for t in threads:
-            t.start()
-        while barrier.n_waiting < clients and not abort.is_set() and collector.proc.poll() is None:
-            time.sleep(0.01)
-        if abort.is_set() or barrier.n_waiting < clients:
-            barrier.abort()
-            raise BenchmarkError("; ".join(e for t in threads for e in t.result.errors) or "the collector exited")
-        before = CpuSnapshot.take(collector.pid, postmaster_pid)
-        t0 = time.perf_counter()
-        barrier.wait()
-        for t in threads:
-            t.join()
-        seconds = max(t.result.finished_at for t in threads) - t0
-        cpu = CpuSnapshot.take(collector.pid, postmaster_pid) - before
-        errors = [e for t in threads for e in t.result.errors]
-        if errors or abort.is_set():
-            raise BenchmarkError("a client failed: " + "; ".join(errors[:3]))
-        sent = sum(t.result.records for t in threads)
-        if sent != len(bodies) * BATCH or sum(t.result.rejected for t in threads):
-            raise BenchmarkError(f"{sent} records acknowledged of {len(bodies) * BATCH}, or some rejected")
+        run = ingest(collector, bodies, warmup, clients, uri, db, postmaster_pid)  # stream.py's end-to-end run
     finally:
         collector.stop()
     with psycopg.connect(db) as conn:
         (after_rows,) = conn.execute("SELECT count(*) FROM event_ids").fetchone()  # type: ignore[misc]
     if after_rows - before_rows != (len(bodies) + len(warmup)) * BATCH:
         raise BenchmarkError(f"{after_rows - before_rows} events stored, {(len(bodies) + len(warmup)) * BATCH} sent")
+    cpu = run.cpu
     return {
-        "events_per_second": round(sent / seconds, 1),
-        "collector_cpu_us_per_event": round(cpu.collector / sent * 1e6, 1),
-        "postgres_cpu_us_per_event": round(cpu.postgres / sent * 1e6, 1),
-        "other_cores": round(max(0.0, cpu.machine_busy - cpu.collector - cpu.postgres - cpu.client) / seconds, 2),
+        "events_per_second": round(run.rate, 1),
+        "collector_cpu_us_per_event": round(cpu.collector / run.events * 1e6, 1),
+        "postgres_cpu_us_per_event": round(cpu.postgres / run.events * 1e6, 1),
+        "other_cores": round(cpu.others, 2),
         "stored_before": int(before_rows),
     }
 
@@ -147,10 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         for round_ in range(args.rounds):
             order = (EMPTY, GROWN) if round_ % 2 == 0 else (GROWN, EMPTY)
             for name in order:
-                settle(uri, dbs[name])
                 seed += 1
                 say(f"round {round_ + 1}: {name} ...")
-                result = end_to_end(dbs[name], postmaster_pid, workdir, args.records, args.clients, seed)
+                result = end_to_end(uri, dbs[name], postmaster_pid, workdir, args.records, args.clients, seed)
                 result.update(round=round_ + 1, store=name)
                 say(f"  {json.dumps(result)}")
                 runs.append(result)
