@@ -84,7 +84,6 @@ class Role:
     """A worker without the API serves its ``/metrics`` on this Unix socket, for the API worker."""
     peers: tuple[str, ...] = ()
     """The API worker adds up its own metrics and those of the workers at these sockets."""
-    workers: int = 1
 
 
 def catalog_dirs(settings: Settings) -> list[Path]:
@@ -266,6 +265,9 @@ class Collector:
             host,
             listen["http_port"],
         )
+        interval = float(self.settings.get("catalogs", "reload_interval_seconds"))
+        if interval > 0:
+            self._tasks.append(asyncio.create_task(self._watch_catalogs(interval), name="otaudit-catalog-watch"))
         if not self.role.api:
             return await self._start_ingest_worker((host, grpc_port), (host, http_port))
         self._pool = AsyncConnectionPool(
@@ -314,9 +316,6 @@ class Collector:
         add_export_routes(api, exports)
         add_stream_routes(api, await self.streams.open(self._pool, audit))
         api_port = await self._serve(api, api_host, listen["api_port"])
-        interval = float(self.settings.get("catalogs", "reload_interval_seconds"))
-        if interval > 0:
-            self._tasks.append(asyncio.create_task(self._watch_catalogs(interval), name="otaudit-catalog-watch"))
         self._tasks.append(asyncio.create_task(self._maintain_partitions(), name="otaudit-partitions"))
         self._tasks.append(asyncio.create_task(self._watch_schema(), name="otaudit-schema"))
         if self.settings.get("retention", "enabled"):
@@ -330,8 +329,8 @@ class Collector:
         return Endpoints((host, grpc_port), (host, http_port), (api_host, api_port))
 
     async def _start_ingest_worker(self, grpc_at: tuple[str, int], http_at: tuple[str, int]) -> Endpoints:
-        """The rest of a worker without the API: its metrics for the API worker, catalog reloads,
-        and the catch-up of a log it left behind (the API worker signs the checkpoints)."""
+        """The rest of a worker without the API: its metrics for the API worker, and the catch-up
+        of a log it left behind (the API worker signs the checkpoints)."""
         if self.role.metrics_socket:
             metrics = web.Application()
             metrics.router.add_get("/metrics", self._own_metrics)
@@ -339,9 +338,6 @@ class Collector:
             await runner.setup()
             self._runners.append(runner)
             await web.UnixSite(runner, self.role.metrics_socket).start()
-        interval = float(self.settings.get("catalogs", "reload_interval_seconds"))
-        if interval > 0:
-            self._tasks.append(asyncio.create_task(self._watch_catalogs(interval), name="otaudit-catalog-watch"))
         if self.integrity["enabled"]:
             self._tasks.append(asyncio.create_task(self._catch_up_loop(scan_first=False), name="otaudit-log-catch-up"))
         return Endpoints(grpc_at, http_at, None)
@@ -364,7 +360,7 @@ class Collector:
                         texts.append(await response.read())
             except (TimeoutError, OSError, aiohttp.ClientError):
                 continue  # a worker restarting: otaudit_workers_reporting says it is missing
-        return merge_expositions(texts, workers=self.role.workers)
+        return merge_expositions(texts, workers=len(self.role.peers) + 1)
 
     async def _viewer_root(self) -> bytes:
         """The root of the viewer keys: the database's random key mixed with the pepper."""

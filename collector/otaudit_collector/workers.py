@@ -177,7 +177,6 @@ def supervise(settings: Settings, conninfo: str, database: str, catalogs: Catalo
                         "config_dir": str(settings.config_dir) if settings.config_dir else None,
                         "conninfo": conninfo,
                         "index": i,
-                        "workers": count,
                         "sockets": sockets,
                         "supervisor": os.getpid(),
                     }
@@ -271,7 +270,6 @@ def _worker_main() -> int:
         shared_ports=True,
         metrics_socket=None if index == 0 else sockets[index],
         peers=tuple(sockets[1:]) if index == 0 else (),
-        workers=int(spec["workers"]),
     )
     catalogs = load_catalogs(catalog_dirs(settings))
 
