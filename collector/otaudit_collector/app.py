@@ -11,7 +11,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -453,12 +453,17 @@ class Collector:
             await self._pool.close()
         self._stopped.set()
 
-    async def run_until_signalled(self, grace_seconds: float = 30.0) -> None:
+    async def run_until_signalled(self, grace_seconds: float = 30.0, ready: Callable[[], None] | None = None) -> None:
+        """Serve until SIGTERM or SIGINT, then stop within the grace. ``ready`` runs once the
+        handlers are in place: a banner printed before them would let a quick SIGTERM kill the
+        process outright instead of stopping it."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload_catalogs("SIGHUP")))
+        if ready is not None:
+            ready()
         await stop.wait()
         log.info("stopping: finishing requests in flight")
         await self.stop(grace_seconds)

@@ -295,10 +295,13 @@ def _serve(args: argparse.Namespace) -> int:
                 await collector.stop(0)
                 raise
             settle_process()
-            announce()
             keys = collector.log_keys if settings.get("integrity", "enabled") else None
-            print("\n".join(describe(endpoints, database.description, catalogs, keys)), flush=True)
-            await collector.run_until_signalled(float(settings.get("shutdown", "grace_seconds")))
+
+            def ready() -> None:
+                announce()
+                print("\n".join(describe(endpoints, database.description, catalogs, keys)), flush=True)
+
+            await collector.run_until_signalled(float(settings.get("shutdown", "grace_seconds")), ready)
 
         asyncio.run(run())
     finally:

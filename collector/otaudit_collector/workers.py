@@ -281,9 +281,12 @@ def _worker_main() -> int:
             await collector.stop(0)
             raise
         settle_process()
-        sys.stdout.write("ready\n")  # the supervisor waits for this line
-        sys.stdout.flush()
-        await collector.run_until_signalled(float(settings.get("shutdown", "grace_seconds")))
+
+        def ready() -> None:
+            sys.stdout.write("ready\n")  # the supervisor waits for this line
+            sys.stdout.flush()
+
+        await collector.run_until_signalled(float(settings.get("shutdown", "grace_seconds")), ready)
 
     try:
         asyncio.run(run())
