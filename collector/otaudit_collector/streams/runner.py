@@ -21,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,59 +71,77 @@ class _Stop(Exception):
     """The stream is no longer this collector's to deliver as it was: paused, deleted, changed or taken over."""
 
 
-class _ReadAhead:
-    """The batch after the one being sent, read on a connection of its own while that one is
-    sent, so that PostgreSQL reads while the destination writes. Used only when the next read
-    asks for exactly what was read ahead (the same cursor, condition and non-time parameters:
-    a plan change since is read again); anything else, or any error, reads again."""
+class _Reader:
+    """Reads a stream's batches on a blocking connection of its own, in a worker thread
+    (``storage.streams.read_batch`` says why), and reads the batch after the one being sent
+    while that one is sent, so that PostgreSQL reads while the destination writes.
 
-    def __init__(self, conninfo: str, limit: int) -> None:
+    What was read ahead is used only when the next read asks for exactly it (the same cursor,
+    condition and non-time parameters: a plan change since is read again); anything else, or
+    any error, reads again. A read cannot be stopped halfway: one no longer wanted finishes in
+    its thread and is dropped, and the lock keeps the next one off the connection until then."""
+
+    def __init__(self, conninfo: str, limit: int, executor: ThreadPoolExecutor) -> None:
         self._conninfo = conninfo
         self._limit = limit
-        self._conn: Conn | None = None
-        self._task: asyncio.Task[tuple[list[Record], int]] | None = None
+        self._executor = executor
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._ahead: asyncio.Future[tuple[list[Record], int]] | None = None
         self._key: tuple[Any, ...] | None = None
 
     @staticmethod
     def _key_of(after: int, where: str, params: list[Any]) -> tuple[Any, ...]:
         return (after, where, *(p if not isinstance(p, dt.datetime) else None for p in params))
 
-    def start(self, tenant: str, after: int, where: str, params: list[Any]) -> None:
+    def _read_now(self, tenant: str, after: int, where: str, params: list[Any]) -> tuple[list[Record], int]:
+        with self._lock:
+            if self._conn is None or self._conn.closed or self._conn.broken:
+                self._conn = psycopg.connect(self._conninfo, autocommit=True)
+            return store.read_batch(self._conn, tenant, after, where, params, self._limit)
+
+    def _submit(self, tenant: str, after: int, where: str, params: list[Any]) -> asyncio.Future[tuple[list[Record], int]]:
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._executor, self._read_now, tenant, after, where, params)
+
+    async def read(self, tenant: str, after: int, where: str, params: list[Any]) -> tuple[list[Record], int]:
+        """The batch after ``after``: the one read ahead when it is exactly this one, else read now."""
+        ahead, key = self._ahead, self._key
+        self._ahead = self._key = None
+        if ahead is not None:
+            if key == self._key_of(after, where, params):
+                try:
+                    return await ahead
+                except (psycopg.Error, OSError):
+                    pass  # read again below, on a connection made again if that one broke
+            else:
+                self._drop(ahead)
+        return await self._submit(tenant, after, where, params)
+
+    def read_ahead(self, tenant: str, after: int, where: str, params: list[Any]) -> None:
+        """Start reading the batch after ``after`` (the last seq of the batch being sent)."""
         self.cancel()
         self._key = self._key_of(after, where, params)
-        self._task = asyncio.create_task(self._read(tenant, after, where, params))
+        self._ahead = self._submit(tenant, after, where, params)
 
-    async def _read(self, tenant: str, after: int, where: str, params: list[Any]) -> tuple[list[Record], int]:
-        if self._conn is None or self._conn.closed:
-            self._conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
-        return await store.read_batch(self._conn, tenant, after, where, params, self._limit)
-
-    async def take(self, after: int, where: str, params: list[Any]) -> tuple[list[Record], int] | None:
-        """What was read ahead for exactly this read, or None."""
-        task, key = self._task, self._key
-        self._task = self._key = None
-        if task is None or key != self._key_of(after, where, params):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-            return None
-        try:
-            return await task
-        except (psycopg.Error, OSError):
-            return None
+    @staticmethod
+    def _drop(ahead: asyncio.Future[Any]) -> None:
+        ahead.cancel()  # its thread finishes; its result or error is never looked at
 
     def cancel(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        self._task = self._key = None
+        if self._ahead is not None:
+            self._drop(self._ahead)
+        self._ahead = self._key = None
+
+    def _close_now(self) -> None:
+        with self._lock:  # after the read in flight, if any
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
     async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        if self._conn is not None:
-            await self._conn.close()
+        self.cancel()
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._close_now)
 
 
 def make_transport(row: Mapping[str, Any], key: bytes) -> Transport:
@@ -183,6 +203,7 @@ class StreamRunner:
         self.s = settings
         self.wake = wake or asyncio.Event()
         self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._executor: ThreadPoolExecutor | None = None
 
     async def run(self) -> None:
         try:
@@ -209,6 +230,17 @@ class StreamRunner:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+
+    @property
+    def _readers(self) -> ThreadPoolExecutor:
+        """The threads streams read in: one connection each at a time (a dropped read-ahead may
+        still hold one while the next read waits: twice as many as streams delivering)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=2 * self.s.max_active, thread_name_prefix="otaudit-stream-read")
+        return self._executor
 
     async def claim_due(self) -> int:
         """Claim due streams while fewer than ``max_active`` run here; returns how many were claimed."""
@@ -270,13 +302,13 @@ class StreamRunner:
             log.warning("stream %s: could not give its lease back; it runs out by itself", stream_id, extra={"error": str(exc)})
 
     async def _loop(self, conn: Conn, row: dict[str, Any], transport: Transport) -> None:
-        ahead = _ReadAhead(self.s.conninfo, self.s.batch_records)
+        reader = _Reader(self.s.conninfo, self.s.batch_records, self._readers)
         try:
-            await self._batches(conn, row, transport, ahead)
+            await self._batches(conn, row, transport, reader)
         finally:
-            await ahead.close()
+            await asyncio.shield(reader.close())
 
-    async def _batches(self, conn: Conn, row: dict[str, Any], transport: Transport, ahead: _ReadAhead) -> None:
+    async def _batches(self, conn: Conn, row: dict[str, Any], transport: Transport, reader: _Reader) -> None:
         tenant, stream_id, version = row["tenant"], row["id"], row["version"]
         cursor: int = row["cursor"]
         attempts: int = row["attempts"]
@@ -292,12 +324,9 @@ class StreamRunner:
                     attempts += 1
                     continue
                 where, params = self._where(tenant, row["filter"], plan)
-                read = await ahead.take(cursor, where, params)
-                if read is None:
-                    read = await store.read_batch(conn, tenant, cursor, where, params, self.s.batch_records)
-                records, upto = read
+                records, upto = await reader.read(tenant, cursor, where, params)
                 if len(records) == self.s.batch_records:  # more to come: read it while this one is sent
-                    ahead.start(tenant, upto, where, params)
+                    reader.read_ahead(tenant, upto, where, params)
                 try:
                     records = list(render(records, fmt, self.s.catalogs))
                 except ValueError as exc:  # cannot happen to what the database wrote; never skipped if it does
