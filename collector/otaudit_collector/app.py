@@ -431,18 +431,22 @@ class Collector:
             await self._stopped.wait()
             return
         self._stopping = True
-        deadline = asyncio.get_running_loop().time() + grace_seconds
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_seconds
+        # Refuse new requests before anything else: each receiver's stop begins at once (gRPC
+        # answers new calls UNAVAILABLE, the HTTP sites close their sockets), then waits for the
+        # requests in flight (OTLP/HTTP and the API: their shutdown_timeout), up to the grace.
+        receivers: list[asyncio.Future[Any]] = []
+        if self._grpc is not None:
+            receivers.append(asyncio.ensure_future(self._grpc.stop(grace_seconds)))
+        receivers.extend(asyncio.ensure_future(runner.cleanup()) for runner in self._runners)
+        await asyncio.sleep(0)  # each has run to its first wait: nothing new is taken from here on
+        log.info("stopping: finishing requests in flight (new ones are refused)")
         self._retention_stop.set()
         for task in self._tasks:
             task.cancel()
         if self._tasks:  # let them unwind (an export job closes its connections) rather than vanish with the loop
-            await asyncio.wait(self._tasks, timeout=max(0.1, deadline - asyncio.get_running_loop().time()))
-        receivers = []
-        if self._grpc is not None:
-            receivers.append(self._grpc.stop(grace_seconds))
-        # OTLP/HTTP and the API: each closes its socket, then waits for its requests in
-        # flight up to the grace period (their shutdown_timeout), as gRPC does.
-        receivers.extend(runner.cleanup() for runner in self._runners)
+            await asyncio.wait(self._tasks, timeout=max(0.1, deadline - loop.time()))
         await asyncio.gather(*receivers, return_exceptions=True)
         self.ingestor.close()
         await self.ingest_auth.close()
@@ -465,7 +469,6 @@ class Collector:
         if ready is not None:
             ready()
         await stop.wait()
-        log.info("stopping: finishing requests in flight")
         await self.stop(grace_seconds)
 
     # -- the tamper-evident log -------------------------------------------------------
