@@ -8,7 +8,7 @@ run directly on PostgreSQL in the same run:
 
 1. the p50/p95 latency of ``GET /v1/events`` with tenant + category + time filters, for
    the first page and for a deep page reached by following the cursor (goal: within 1.5x
-   of the direct SQL, ``core.query.events_sql`` through psycopg), and the first pages of
+   of the direct SQL, ``core.query.page_sql`` through psycopg), and the first pages of
    the filters admins use (a target name, equal and as a prefix, a details key, an object's
    history matching its target or related objects) on values the data holds;
 2. the rows per second of ``GET /v1/export?format=csv`` read to the end by a client,
@@ -59,7 +59,8 @@ from otaudit_collector.app import catalog_dirs, ensure_partitions
 from otaudit_collector.config import load_settings
 from otaudit_collector.core.catalog import load_catalogs
 from otaudit_collector.core.export import FORMATS, copy_sql, csv_header
-from otaudit_collector.core.query import DOCUMENT_SQL, events_sql, parse_filters, where_sql
+from otaudit_collector.core.query import page_sql as core_page_sql
+from otaudit_collector.core.query import parse_filters, where_sql
 from otaudit_collector.storage.access import authenticate_async, create_token, set_plan
 from otaudit_collector.storage.exports import stream_export
 from otaudit_collector.storage.migrate import apply_migrations
@@ -748,11 +749,12 @@ class LatencyCase:
         return out
 
 
-def page_sql(tenant: str, params: dict[str, Any], columns: str = f"occurred_at, seq, {DOCUMENT_SQL}") -> tuple[str, list[Any]]:
-    """The SQL of GET /v1/events with these parameters, as api/reads.py builds it (the
-    category named is the one the plan check lets through; since is inside the window)."""
+def page_sql(tenant: str, params: dict[str, Any]) -> tuple[str, list[Any]]:
+    """The SQL of GET /v1/events with these parameters, as api/reads.py builds it
+    (``core.query.page_sql``: the page as one row; the category named is the one the plan
+    check lets through; since is inside the window)."""
     filters = parse_filters({k: v if isinstance(v, list) else [str(v)] for k, v in params.items()})
-    return events_sql(tenant, filters.categories, filters, columns=columns)
+    return core_page_sql(tenant, filters.categories, filters)
 
 
 def measure_latency(
@@ -850,7 +852,8 @@ def _measure_latency(
     # The API and the SQL return the same events (a full page, for the unfiltered two).
     for case in cases:
         api_ids = [e["id"] for e in json.loads(http_api.get("/v1/events", case.params))["events"]]
-        sql_ids = [json.loads(row[2])["id"] for row in sql_conn.execute(case.sql, case.sql_params).fetchall()]
+        page = sql_conn.execute(case.sql, case.sql_params).fetchone()
+        sql_ids = [e["id"] for e in json.loads("[" + page[3] + "]")] if page else []
         full = case.name in filtered or len(api_ids) == int(base["limit"])
         if api_ids != sql_ids or not full or (not api_ids and case.name not in NO_MATCH):
             raise BenchmarkError(f"{case.name}: the API returned {len(api_ids)} events, the SQL {len(sql_ids)}, or others")

@@ -49,7 +49,7 @@ from otaudit_collector.core.query import (
     BadFilter,
     Filters,
     encode_cursor,
-    events_sql,
+    page_sql,
     parse_filters,
     where_sql,
 )
@@ -307,10 +307,11 @@ def plan_filters(request: web.Request, filters: Filters) -> tuple[Plan, list[str
     return plan, categories, notice
 
 
-def _events_answer(documents: list[str], **fields: Any) -> web.Response:
-    """``{"events": [...], **fields}``, the events spliced in as PostgreSQL wrote them (no parse, no re-encode)."""
+def _events_answer(documents: str, **fields: Any) -> web.Response:
+    """``{"events": [...], **fields}``, the events (their JSON texts joined by commas) spliced in as
+    PostgreSQL wrote them (no parse, no re-encode)."""
     rest = json.dumps(fields, separators=(",", ":"))
-    body = '{"events":[' + ",".join(documents) + "]" + ("," + rest[1:] if fields else "}")
+    body = '{"events":[' + documents + "]" + ("," + rest[1:] if fields else "}")
     return web.Response(text=body, content_type="application/json")
 
 
@@ -324,23 +325,25 @@ async def _events(request: web.Request) -> web.Response:
     terms = scoped_terms(request, {key: request.query.getall(key) for key in request.query})
     filters = parse_filters(terms, indexed_details=ctx.details_prefix_keys)
     plan, categories, notice = plan_filters(request, filters)
-    rows = await _page(ctx, principal.tenant, categories, filters)
-    cursor = encode_cursor(rows[-1][0], rows[-1][1]) if len(rows) == filters.limit else None
+    count, last_at, last_seq, documents = await _page(ctx, principal.tenant, categories, filters)
+    cursor = encode_cursor(last_at, last_seq) if count == filters.limit else None
     answer: dict[str, Any] = {"next_cursor": cursor, "plan": plan.name}
     if filters.since is not None:
         answer["since"] = iso(filters.since)
     if notice:
         answer["since_clamped"] = notice
-    return _events_answer([r[2] for r in rows], **answer)
+    return _events_answer(documents, **answer)
 
 
-async def _page(ctx: ReadContext, tenant: str, categories: list[str] | None, filters: Filters) -> list[tuple[Any, ...]]:
-    """(occurred_at, seq, document) of one page."""
-    sql, params = events_sql(tenant, categories, filters, columns=f"occurred_at, seq, {DOCUMENT_SQL}")
+async def _page(ctx: ReadContext, tenant: str, categories: list[str] | None, filters: Filters) -> tuple[Any, ...]:
+    """One page (``core.query.page_sql``): (events, the last one's occurred_at, its seq, the documents joined)."""
+    sql, params = page_sql(tenant, categories, filters)
 
-    async def page(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+    async def page(conn: psycopg.AsyncConnection[Any]) -> tuple[Any, ...]:
         cur = await conn.execute(sql, params, prepare=False if filters.custom_plan else None)
-        return await cur.fetchall()
+        row = await cur.fetchone()
+        assert row is not None, "an aggregate always returns a row"
+        return tuple(row)
 
     return await lag_tolerant(ctx, page)  # a page may be a moment behind (read replica)
 
@@ -435,11 +438,16 @@ async def _feed(request: web.Request) -> web.Response:
     if earliest is not None:  # events older than the plan's window are skipped, like those of unreadable categories
         where += " AND occurred_at >= %s"
         params.append(earliest)
-    async with ctx.pool.connection() as conn:
-        cur = await conn.execute(f"SELECT seq, {DOCUMENT_SQL} FROM events WHERE {where} ORDER BY seq LIMIT %s", [*params, limit])
-        rows = await cur.fetchall()
-    next_after = rows[-1][0] if rows else after
-    return _events_answer([r[1] for r in rows], next_after=next_after, plan=plan.name)
+    async with ctx.pool.connection() as conn:  # one row, for the reason core.query.page_sql gives
+        cur = await conn.execute(
+            f"SELECT max(seq), coalesce(string_agg(doc, ',' ORDER BY seq), '') FROM"
+            f" (SELECT seq, {DOCUMENT_SQL} AS doc FROM events WHERE {where} ORDER BY seq LIMIT %s) page",
+            [*params, limit],
+        )
+        row = await cur.fetchone()
+    assert row is not None, "an aggregate always returns a row"
+    last, documents = row
+    return _events_answer(documents, next_after=after if last is None else last, plan=plan.name)
 
 
 def _int_param(request: web.Request, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
