@@ -112,6 +112,29 @@ def test_pause_keeps_the_cursor_and_resume_loses_nothing(running: RunningCollect
     assert receiver.seqs() == stored(running.conninfo, made["cursor"])
 
 
+def test_a_read_connection_cut_mid_stream_loses_nothing(running: RunningCollector, receiver: Receiver) -> None:
+    """A stream reads its batches on a blocking connection of its own (``otaudit-stream-read``):
+    cut by the server, the delivery is claimed again on a new one, nothing skipped or repeated."""
+    api = Api(running, token(running.conninfo))
+    made = webhook(api, receiver)
+    ingest(running, 5)
+    wait_until(lambda: caught_up(api, made["id"], running.conninfo), 30, "delivery")
+    cut = rows(
+        running.conninfo,
+        "SELECT pg_terminate_backend(pid) AS done FROM pg_stat_activity WHERE application_name = 'otaudit-stream-read'",
+    )
+    assert cut and all(r["done"] for r in cut), "the stream reads on a connection of its own"
+    ingest(running, 7)
+    wait_until(lambda: caught_up(api, made["id"], running.conninfo), 60, "delivery on a new connection")
+    assert receiver.seqs() == stored(running.conninfo, made["cursor"]), "every event once, in order"
+    assert (
+        rows(running.conninfo, "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'otaudit-stream-read'")[0][
+            "n"
+        ]
+        == 1
+    )
+
+
 def test_the_plan_limits_delivery_and_a_plan_change_applies(running: RunningCollector, receiver: Receiver) -> None:
     api = Api(running, token(running.conninfo))
     made = webhook(api, receiver)  # basic: no inventory_configuration

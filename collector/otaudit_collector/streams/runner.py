@@ -71,6 +71,20 @@ class _Stop(Exception):
     """The stream is no longer this collector's to deliver as it was: paused, deleted, changed or taken over."""
 
 
+CLOSE_WAIT_SECONDS = 5.0
+_READER_CONNECTION: dict[str, Any] = {
+    "application_name": "otaudit-stream-read",
+    "connect_timeout": 10,
+    # A read blocks its thread until the server answers; on a TCP connection to a server that
+    # vanished without a reset, these end it within about 25 s rather than the system's 2 hours
+    # (a process exits only once its threads have; libpq ignores them on Unix sockets).
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+
+
 class _Reader:
     """Reads a stream's batches on a blocking connection of its own, in a worker thread
     (``storage.streams.read_batch`` says why), and reads the batch after the one being sent
@@ -97,7 +111,7 @@ class _Reader:
     def _read_now(self, tenant: str, after: int, where: str, params: list[Any]) -> tuple[list[Record], int]:
         with self._lock:
             if self._conn is None or self._conn.closed or self._conn.broken:
-                self._conn = psycopg.connect(self._conninfo, autocommit=True)
+                self._conn = psycopg.connect(self._conninfo, autocommit=True, **_READER_CONNECTION)
             return store.read_batch(self._conn, tenant, after, where, params, self._limit)
 
     def _submit(self, tenant: str, after: int, where: str, params: list[Any]) -> asyncio.Future[tuple[list[Record], int]]:
@@ -140,8 +154,15 @@ class _Reader:
                 self._conn = None
 
     async def close(self) -> None:
+        """Close the connection after the read in flight, if any; waits for that at most
+        ``CLOSE_WAIT_SECONDS`` (a read stuck on a server that went away ends with the TCP
+        keepalives, and the connection closes then, in its thread)."""
         self.cancel()
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._close_now)
+        closing = asyncio.get_running_loop().run_in_executor(self._executor, self._close_now)
+        try:
+            await asyncio.wait_for(asyncio.shield(closing), CLOSE_WAIT_SECONDS)
+        except TimeoutError:
+            log.warning("stream read still in flight after %.0f s; its connection closes when it ends", CLOSE_WAIT_SECONDS)
 
 
 def make_transport(row: Mapping[str, Any], key: bytes) -> Transport:
