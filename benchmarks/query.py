@@ -767,12 +767,24 @@ def measure_latency(
     warmup: int,
     filtered: dict[str, dict[str, Any]] | None = None,
     indexed_details: list[str] | None = None,
+    collector_pid: int | None = None,
 ) -> tuple[list[LatencyCase], dict[str, Any]]:
     """``indexed_details``: the collector's search.details_prefix_keys (they decide which pages
-    it plans for their values, and the SQL beside it does the same)."""
+    it plans for their values, and the SQL beside it does the same). ``collector_pid``: whose
+    CPU per page to report (the collector is idle while the SQL side runs)."""
     with psycopg.connect(conninfo, autocommit=True) as sql_conn:
         return _measure_latency(
-            http_api, conninfo, sql_conn, tenant, base, deep_pages, reps, warmup, filtered or {}, indexed_details or []
+            http_api,
+            conninfo,
+            sql_conn,
+            tenant,
+            base,
+            deep_pages,
+            reps,
+            warmup,
+            filtered or {},
+            indexed_details or [],
+            collector_pid,
         )
 
 
@@ -828,6 +840,7 @@ def _measure_latency(
     warmup: int,
     filtered: dict[str, dict[str, Any]],
     indexed_details: list[str],
+    collector_pid: int | None = None,
 ) -> tuple[list[LatencyCase], dict[str, Any]]:
     first_sql, first_params = page_sql(tenant, base)
     cases = [LatencyCase("first page", dict(base), first_sql, first_params)]
@@ -869,7 +882,10 @@ def _measure_latency(
         return (time.perf_counter() - t0) * 1e3
 
     sides = [api, sql]
+    cpu_at_start = 0.0
     for i in range(warmup + reps):
+        if i == warmup and collector_pid:
+            cpu_at_start = tree_cpu_seconds(collector_pid)
         for case in cases:
             # Interleaved, each going first in turn, so that noise hits both alike.
             results = {f: f(case) for f in sides[i % 2 :] + sides[: i % 2]}
@@ -877,8 +893,11 @@ def _measure_latency(
                 case.api_ms.append(results[api])
                 case.sql_ms.append(results[sql])
 
+    collector_cpu = tree_cpu_seconds(collector_pid) - cpu_at_start if collector_pid else None
     # Where the API's time goes, in pieces (not part of the goal), each a p50 of 100 runs.
     pieces: dict[str, Any] = {"viewer": _viewer_pages(http_api, cases[0], reps, warmup)}
+    if collector_cpu is not None:  # every timed API request of every case (the token comes from the cache)
+        pieces["collector_cpu_ms_per_page"] = collector_cpu / (reps * len(cases)) * 1e3
     pieces["healthz_ms"] = statistics.median(timed(lambda: http_api.get("/healthz"), 100))
     pieces["auth_route_ms"] = statistics.median(timed(lambda: http_api.get(f"/v1/tenants/{tenant}/plan"), 100))
     auth_ms, page_ms = asyncio.run(api_queries(conninfo, http_api.token, first_sql, first_params, 100))
@@ -1243,7 +1262,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         deep = min(args.deep_pages, max(1, matching // args.limit - 1))
         say(f"1. latency: {args.reps} interleaved repetitions (+{args.warmup} warm-up) of 2 pages, API and SQL ...")
         with window() as w:
-            cases, pieces = measure_latency(api, conninfo, tenant, base, deep, args.reps, args.warmup, filtered, prefix_keys)
+            cases, pieces = measure_latency(
+                api, conninfo, tenant, base, deep, args.reps, args.warmup, filtered, prefix_keys, collector.pid
+            )
         if args.py_spy:
             say(f"   profiling the collector with py-spy for 10 s ({args.py_spy}) ...")
             pieces["profile"] = profile_pages(api, collector.pid, base, Path(args.py_spy).resolve())
@@ -1387,6 +1408,8 @@ def report(result: dict[str, Any]) -> list[tuple[str, bool, str]]:
         f" token {p['api_auth_query_ms']:.2f} ms + page {p['api_page_query_ms']:.2f} ms; server execution"
         f" {p['server_execution_ms']:.2f} ms"
     )
+    if "collector_cpu_ms_per_page" in p:
+        print(f"   the collector's CPU per page, over every timed API request above: {p['collector_cpu_ms_per_page']:.2f} ms")
     print(f"   plan: {p['first_page_plan']}")
     v = p.get("viewer")
     if v:
