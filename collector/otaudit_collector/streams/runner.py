@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from otaudit_collector.core.catalog import CatalogSet
 from otaudit_collector.core.plans import Plan, clamp_since
@@ -72,8 +73,7 @@ class _Stop(Exception):
 
 
 CLOSE_WAIT_SECONDS = 5.0
-_READER_CONNECTION: dict[str, Any] = {
-    "application_name": "otaudit-stream-read",
+_READER_CONNECTION: dict[str, Any] = {  # unless the database URL sets them
     "connect_timeout": 10,
     # A read blocks its thread until the server answers; on a TCP connection to a server that
     # vanished without a reset, these end it within about 25 s rather than the system's 2 hours
@@ -97,6 +97,12 @@ class _Reader:
 
     def __init__(self, conninfo: str, limit: int, executor: ThreadPoolExecutor) -> None:
         self._conninfo = conninfo
+        given = conninfo_to_dict(conninfo)  # what the database URL sets stays as set
+        self._options: dict[str, Any] = {
+            "autocommit": True,
+            "application_name": "otaudit-stream-read",
+            **{key: value for key, value in _READER_CONNECTION.items() if key not in given},
+        }
         self._limit = limit
         self._executor = executor
         self._lock = threading.Lock()
@@ -111,7 +117,7 @@ class _Reader:
     def _read_now(self, tenant: str, after: int, where: str, params: list[Any]) -> tuple[list[Record], int]:
         with self._lock:
             if self._conn is None or self._conn.closed or self._conn.broken:
-                self._conn = psycopg.connect(self._conninfo, autocommit=True, **_READER_CONNECTION)
+                self._conn = psycopg.connect(self._conninfo, **self._options)
             return store.read_batch(self._conn, tenant, after, where, params, self._limit)
 
     def _submit(self, tenant: str, after: int, where: str, params: list[Any]) -> asyncio.Future[tuple[list[Record], int]]:
