@@ -135,6 +135,20 @@ def test_a_read_connection_cut_mid_stream_loses_nothing(running: RunningCollecto
     )
 
 
+def test_claims_keep_one_connection_from_poll_to_poll(running: RunningCollector) -> None:
+    """Polling for due streams (every poll_seconds, 0.05 s here) reuses its connection instead of
+    starting a PostgreSQL backend each time."""
+
+    def claim_pids() -> list[int]:
+        found = rows(running.conninfo, "SELECT pid FROM pg_stat_activity WHERE application_name = 'otaudit-stream-claim'")
+        return [r["pid"] for r in found]
+
+    wait_until(lambda: len(claim_pids()) == 1, 30, "the claim connection")
+    first = claim_pids()
+    time.sleep(1.0)  # some twenty polls
+    assert claim_pids() == first
+
+
 def test_the_plan_limits_delivery_and_a_plan_change_applies(running: RunningCollector, receiver: Receiver) -> None:
     api = Api(running, token(running.conninfo))
     made = webhook(api, receiver)  # basic: no inventory_configuration
