@@ -375,6 +375,25 @@ def test_a_failed_job_says_why(db: str) -> None:
         collector.stop()
 
 
+def test_the_job_poller_keeps_one_connection_from_poll_to_poll(db: str) -> None:
+    """Looking for queued jobs (every poll_seconds, 0.05 s here) reuses one connection instead of
+    starting a PostgreSQL backend each time (storage/kept.py)."""
+    collector = RunningCollector(settings_for(db, {("exports", "poll_seconds"): 0.05}))
+    try:
+
+        def claim_pids() -> list[int]:
+            with psycopg.connect(db, autocommit=True) as conn:
+                found = conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = 'otaudit-export-claim'")
+                return [row[0] for row in found.fetchall()]
+
+        wait_until(lambda: len(claim_pids()) == 1, 30, "the job poller's connection")
+        first = claim_pids()
+        time.sleep(1.0)  # some twenty polls
+        assert claim_pids() == first
+    finally:
+        collector.stop()
+
+
 def test_an_export_the_trail_cannot_record_is_not_handed_out(db: str) -> None:
     """Every export is in the trail: when its exportView event cannot be stored (ingest
     saturated here), a streamed export is cut short and a job fails, saying why."""

@@ -49,6 +49,7 @@ from otaudit_collector.metrics import Metrics
 from otaudit_collector.selfaudit import TRAIL_TARGET, Access, SelfAudit
 from otaudit_collector.storage import exports as store
 from otaudit_collector.storage.bundles import BundleRefused
+from otaudit_collector.storage.kept import KeptConnection
 
 __all__ = ["ExportContext", "ExportRunner", "Stalled", "add_export_routes", "audit_export", "export_event"]
 
@@ -487,8 +488,15 @@ class ExportRunner:
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         self._last_cleanup = 0.0
+        self._claims = KeptConnection(ctx.conninfo, "otaudit-export-claim")  # polled every poll_seconds
 
     async def run(self) -> None:
+        try:
+            await self._poll()
+        finally:
+            await self._claims.close()
+
+    async def _poll(self) -> None:
         while True:
             try:
                 worked = await self.run_once()
@@ -508,22 +516,22 @@ class ExportRunner:
     async def run_once(self) -> bool:
         """Claim and run one job; False when there was none."""
         metrics = self.ctx.metrics
-        async with await psycopg.AsyncConnection.connect(self.ctx.conninfo, autocommit=True) as conn:
-            if time.monotonic() - self._last_cleanup > 300:
-                self._last_cleanup = time.monotonic()
-                gone = await store.delete_expired(conn, self.ctx.keep)
-                if gone:
-                    log.info("export jobs: deleted %d finished jobs past their keeping time", gone)
-            job = await store.claim_job(conn, self.owner, self.lease_seconds)
-            if job is None:
-                return False
-            principal = await _principal(conn, job["token_id"], job["tenant"])
-            if job["attempts"] > store.MAX_ATTEMPTS:
-                message = f"gave up after {store.MAX_ATTEMPTS} attempts: the collector running it stopped each time"
-                await store.fail_job(conn, job["tenant"], job["id"], message)
-                metrics.export_jobs_finished.labels("failed").inc()
-                await _audit_failure(self._audit(job, principal, 0, "failure", message))
-                return True
+        conn = await self._claims.get()
+        if time.monotonic() - self._last_cleanup > 300:
+            self._last_cleanup = time.monotonic()
+            gone = await store.delete_expired(conn, self.ctx.keep)
+            if gone:
+                log.info("export jobs: deleted %d finished jobs past their keeping time", gone)
+        job = await store.claim_job(conn, self.owner, self.lease_seconds)
+        if job is None:
+            return False
+        principal = await _principal(conn, job["token_id"], job["tenant"])
+        if job["attempts"] > store.MAX_ATTEMPTS:
+            message = f"gave up after {store.MAX_ATTEMPTS} attempts: the collector running it stopped each time"
+            await store.fail_job(conn, job["tenant"], job["id"], message)
+            metrics.export_jobs_finished.labels("failed").inc()
+            await _audit_failure(self._audit(job, principal, 0, "failure", message))
+            return True
         log.info("export job %s: running (attempt %d)", job["id"], job["attempts"])
         try:
             with metrics.export_jobs_running.track_inprogress():
@@ -544,10 +552,12 @@ class ExportRunner:
             await self._audit(job, principal, rows, "success", None)
         except Exception as exc:  # an export the trail does not show is not handed out
             log.exception("export job %s: not recorded in the audit trail; failing it", job["id"])
-            async with await psycopg.AsyncConnection.connect(self.ctx.conninfo, autocommit=True) as conn:
-                await store.fail_job(
-                    conn, job["tenant"], job["id"], f"the export could not be recorded in the audit trail ({exc}); make it again"
-                )
+            await store.fail_job(
+                await self._claims.get(),
+                job["tenant"],
+                job["id"],
+                f"the export could not be recorded in the audit trail ({exc}); make it again",
+            )
             metrics.export_jobs_finished.labels("failed").inc()
             return True
         log.info("export job %s: done, %d rows", job["id"], rows)

@@ -39,6 +39,7 @@ from otaudit_collector.core.streams import SecretUnreadable, backoff_seconds, de
 from otaudit_collector.core.webhook_signature import secret_bytes
 from otaudit_collector.metrics import Metrics
 from otaudit_collector.storage import streams as store
+from otaudit_collector.storage.kept import KeptConnection
 from otaudit_collector.streams.formats import render
 from otaudit_collector.streams.transport import Batch, DeliveryFailed, Record, Transport
 
@@ -231,7 +232,7 @@ class StreamRunner:
         self.wake = wake or asyncio.Event()
         self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._executor: ThreadPoolExecutor | None = None
-        self._claim_conn: Conn | None = None
+        self._claims = KeptConnection(settings.conninfo, "otaudit-stream-claim")  # polled every poll_seconds
 
     async def run(self) -> None:
         try:
@@ -261,9 +262,7 @@ class StreamRunner:
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None
-        if self._claim_conn is not None:
-            conn, self._claim_conn = self._claim_conn, None
-            await conn.close()
+        await self._claims.close()
 
     @property
     def _readers(self) -> ThreadPoolExecutor:
@@ -280,7 +279,7 @@ class StreamRunner:
         claimed = 0
         if len(self._tasks) >= self.s.max_active:
             return 0
-        conn = await self._claiming()
+        conn = await self._claims.get()
         while len(self._tasks) < self.s.max_active:
             row = await store.claim(conn, self.s.owner, self.s.lease_seconds, exclude=list(self._tasks))
             if row is None:
@@ -289,15 +288,6 @@ class StreamRunner:
             self._tasks[key] = asyncio.create_task(self._deliver(row), name=f"otaudit-stream-{row['id']}")
             claimed += 1
         return claimed
-
-    async def _claiming(self) -> Conn:
-        """The connection claims are made on, kept from one poll to the next (a connection made
-        every ``poll_seconds`` would start a PostgreSQL backend each time); made again once broken."""
-        if self._claim_conn is None or self._claim_conn.closed or self._claim_conn.broken:
-            self._claim_conn = await psycopg.AsyncConnection.connect(
-                self.s.conninfo, autocommit=True, application_name="otaudit-stream-claim"
-            )
-        return self._claim_conn
 
     # -- one stream ---------------------------------------------------------------------
 
