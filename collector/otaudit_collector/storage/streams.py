@@ -74,9 +74,12 @@ async def _one(conn: Conn, sql: str, params: Sequence[Any] | dict[str, Any]) -> 
         return await cur.fetchone()
 
 
+_HEAD_SQL = "SELECT last_seq FROM tenant_seq WHERE tenant = %s"
+
+
 async def head_seq(conn: Conn, tenant: str) -> int:
     """The tenant's last committed seq (0 before its first event)."""
-    cur = await conn.execute("SELECT last_seq FROM tenant_seq WHERE tenant = %s", (tenant,))
+    cur = await conn.execute(_HEAD_SQL, (tenant,))
     row = await cur.fetchone()
     return int(row[0]) if row else 0
 
@@ -262,7 +265,7 @@ def read_batch(
     A blocking connection, for a worker thread: a batch is megabytes, and an asyncio connection
     wakes the event loop for every few kilobytes that arrive (17 us of CPU per record against
     4.5 here, measured on 2,000-record batches)."""
-    row = conn.execute("SELECT last_seq FROM tenant_seq WHERE tenant = %s", (tenant,)).fetchone()
+    row = conn.execute(_HEAD_SQL, (tenant,)).fetchone()  # head_seq, on a blocking connection
     head = int(row[0]) if row else 0
     if head <= cursor:
         return [], cursor
